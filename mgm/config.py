@@ -1,0 +1,310 @@
+"""One typed config tree for a run: YAML -> dataclass defaults -> `section.key=value` overrides.
+
+Every key is checked against the dataclasses below: an unknown key or a value of the wrong type raises
+`ConfigError` naming the key, where it came from (file or command line) and the closest valid keys.
+Numbers derived from the config (token grid, masked-token count) are computed once, in `Derived`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and its source."""
+
+
+@dataclass
+class DataConfig:
+    train_list: str = "data/synth/train.csv"  # CSV `path,label,num_frames`, paths relative to the CSV's folder
+    num_frames: int = 16  # sampled frames per clip (T)
+    stride: int = 2  # source frames between two sampled frames (SSv2: 2, K400: 4)
+    input_size: int = 224
+    crop_scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
+    flip: bool = False  # off for SSv2 pretraining: left/right carries the label there
+    short_video: str = "loop"  # clips shorter than T*stride: "loop" the indices or "clamp" to the last frame
+    batch_size: int = 32  # per process
+    num_workers: int = 4
+    loader: str = "auto"  # "dali" | "cpu" | "auto" (DALI when importable, else the PyAV fallback)
+    dali_device: str = "auto"  # "gpu" (NVDEC, H.264) | "cpu" (VP8/VP9 twins) | "auto"
+    twin_suffix: str = ".webm"  # DALI's CPU decoder reads VP9 copies with this suffix beside each video
+    output_dtype: str = "float32"  # "float32" | "float16" | "bfloat16"
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    max_bad_fraction: float = 0.01  # stop the run when more than this share of videos fail to decode
+    seed: int = 0
+
+
+@dataclass
+class MotionConfig:
+    source: str = "online"  # "cache" (mgm-prepare motion) | "online" (read the span a clip needs)
+    cache_dir: str = ""
+    cell: int = 8  # motion-energy cell size in source pixels
+    threads: int = 1
+
+
+@dataclass
+class MaskConfig:
+    name: str = "mgm"  # "tube" | "random" | "mgm"
+    ratio: float = 0.9
+    knobs: dict[str, Any] = field(default_factory=dict)  # generator-specific keyword arguments
+
+
+@dataclass
+class ModelConfig:
+    size: str = "base"  # "tiny" | "small" | "base" | "large"
+    tubelet: int = 2
+    patch: int = 16
+    decoder_depth: int = 4
+    decoder_dim: int = 384
+    decoder_heads: int = 6
+    norm_pix_loss: bool = True
+    drop_path: float = 0.0
+    grad_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 1.5e-4  # scaled by total batch / 256
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_epochs: float = 40.0
+    clip_grad: float = 1.0  # 0 disables clipping
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    epochs: int = 800
+    max_steps: int = 0  # 0 = no cap; otherwise stop after this many optimizer steps
+    precision: str = "auto"  # "bf16" | "fp32" | "auto" (bf16 on GPU, fp32 on CPU)
+    device: str = "auto"  # "cuda" | "cpu" | "auto"
+    ckpt_every: int = 500  # optimizer steps between checkpoints (and one at the end)
+    keep_last: int = 3
+    max_bad_loss: int = 20  # non-finite losses skipped before the run stops
+    log_every: int = 10
+    seed: int = 0
+    resume: str = ""  # checkpoint path, or "auto" for the newest in out_dir
+
+
+@dataclass
+class ProfilingConfig:
+    enabled: bool = True
+    nvml: bool = True
+    nvtx: bool = True
+    trace_steps: list[int] = field(default_factory=lambda: [0, 0])  # [a, b): torch.profiler window; [0, 0] off
+    interval: int = 50  # steps per JSONL record
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"  # "nccl" | "gloo" | "auto"
+
+
+@dataclass(frozen=True)
+class Derived:
+    """Numbers every part needs, computed once from the config."""
+
+    grid: tuple[int, int, int]  # (T2, Hp, Wp): tubelet slots x token rows x token cols
+    tokens_per_slot: int
+    num_tokens: int
+    masked_per_slot: int  # round(ratio * tokens_per_slot): every slot masks the same count
+    num_masked: int
+    num_visible: int
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    @functools.cached_property
+    def derived(self) -> Derived:
+        """Computed on first use, after loading; the config is not changed after that."""
+        return derive(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_CHOICES = {
+    "data.short_video": ("loop", "clamp"),
+    "data.loader": ("dali", "cpu", "auto"),
+    "data.dali_device": ("gpu", "cpu", "auto"),
+    "data.output_dtype": ("float32", "float16", "bfloat16"),
+    "motion.source": ("cache", "online"),
+    "mask.name": ("tube", "random", "mgm"),
+    "model.size": ("tiny", "small", "base", "large"),
+    "train.precision": ("bf16", "fp32", "auto"),
+    "train.device": ("cuda", "cpu", "auto"),
+    "dist.backend": ("nccl", "gloo", "auto"),
+}
+
+
+def derive(cfg: Config) -> Derived:
+    """Token grid and mask counts for a (num_frames x input_size^2) clip cut into tubelet x patch^2 tokens."""
+    d, m = cfg.data, cfg.model
+    if d.num_frames % m.tubelet or d.input_size % m.patch:
+        raise ConfigError(
+            f"data.num_frames={d.num_frames} must divide by model.tubelet={m.tubelet} and "
+            f"data.input_size={d.input_size} by model.patch={m.patch}"
+        )
+    grid = (d.num_frames // m.tubelet, d.input_size // m.patch, d.input_size // m.patch)
+    per_slot = grid[1] * grid[2]
+    masked_per_slot = round(cfg.mask.ratio * per_slot)
+    num_tokens = grid[0] * per_slot
+    return Derived(
+        grid=grid,
+        tokens_per_slot=per_slot,
+        num_tokens=num_tokens,
+        masked_per_slot=masked_per_slot,
+        num_masked=masked_per_slot * grid[0],
+        num_visible=num_tokens - masked_per_slot * grid[0],
+    )
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_args(tp):  # list[float] rather than list
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}) in {source}")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _coerce(value, arm, key, source)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise bad
+        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _closest(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(options))}."
+
+
+def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    sections = [f.name for f in dataclasses.fields(Config)]
+    if len(parts) != 2:
+        every = [f"{s}.{f.name}" for s in sections for f in dataclasses.fields(getattr(cfg, s))]
+        raise ConfigError(f"'{dotted}' in {source}: keys have the form section.key.{_closest(dotted, every)}")
+    section, key = parts
+    if section not in sections:
+        raise ConfigError(f"unknown section '{section}' in {source}.{_closest(section, sections)}")
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in fields:
+        raise ConfigError(f"unknown key '{dotted}' in {source}.{_closest(key, list(fields))}")
+    hints = typing.get_type_hints(type(obj))
+    coerced = _coerce(value, hints[key], dotted, source)
+    choices = _CHOICES.get(dotted)
+    if choices and coerced not in choices:
+        raise ConfigError(f"{dotted}: {coerced!r} in {source} is not one of {', '.join(choices)}")
+    setattr(obj, key, coerced)
+
+
+def _flatten(tree: Any, source: str) -> list[tuple[str, Any]]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
+    items = []
+    for section, body in tree.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"'{section}' in {source}: a section must be a mapping of keys, got {body!r}")
+        items += [(f"{section}.{key}", value) for key, value in body.items()]
+    return items
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` -> (dotted key, value parsed as YAML: 3 -> int, true -> bool, [1,2] -> list)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' on the command line: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}' on the command line: value is not valid YAML ({e})") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `section.key=value` overrides, all type-checked."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        for key, value in _flatten(tree, str(path)):
+            _set(cfg, key, value, str(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(cfg, key, value, "the command line")
+    derive(cfg)  # fail now, not mid-run, on an impossible grid
+    if not 0.0 < cfg.mask.ratio < 1.0:
+        raise ConfigError(f"mask.ratio: {cfg.mask.ratio} must lie strictly between 0 and 1")
+    return cfg
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML (loadable again with `load_config`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return path
