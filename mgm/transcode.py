@@ -18,7 +18,7 @@ from typing import Any
 
 import av
 
-from mgm.datasets import parallel_map
+from mgm.datasets import VideoFileError, decode_checked, open_video, parallel_map
 from mgm.filelist import VideoEntry, read_list, write_list
 
 
@@ -78,36 +78,16 @@ def decoded_frames(path: str | Path, fmt: str | None = None) -> tuple[int, list[
     return n, keys
 
 
-class SourceError(Exception):
-    """The source cannot be used; `reason` is one word for the failures list."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-def _open_source(src: str) -> av.container.InputContainer:
-    try:
-        inp = av.open(src)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise SourceError("unreadable", str(e)) from None
-    if not inp.streams.video:
-        inp.close()
-        raise SourceError("no_video_stream", "container has no video stream")
-    return inp
-
-
 def _encode(src: str, tmp: Path, s: EncodeSettings) -> int:
     """Decode `src`, encode every frame into `tmp` (mp4), keeping each frame's timestamp. Returns frames."""
-    with _open_source(src) as inp, av.open(str(tmp), "w", format="mp4") as out:
+    with open_video(src) as inp, av.open(str(tmp), "w", format="mp4") as out:
         ist = inp.streams.video[0]
-        claimed = ist.frames
         ist.thread_type = "AUTO"
         ist.codec_context.thread_count = s.threads
         rate = ist.average_rate or ist.guessed_rate or 25
         ost = None
         n, last_pts = 0, None
-        for frame in inp.decode(ist):
+        for frame in decode_checked(inp, src):
             if ost is None:  # size known from the first decoded frame (container headers can be wrong)
                 h, w = output_size(frame.height, frame.width, s.short_side)
                 ost = out.add_stream("libx264", rate=rate)
@@ -131,10 +111,6 @@ def _encode(src: str, tmp: Path, s: EncodeSettings) -> int:
         if ost is not None:
             for packet in ost.encode():
                 out.mux(packet)
-    if n == 0:
-        raise SourceError("no_frames", "no frame decodes")
-    if claimed and n < claimed:
-        raise SourceError("truncated", f"decoded {n} of {claimed} frames")
     return n
 
 
@@ -147,9 +123,6 @@ def transcode_file(src: str, dst: str, settings: EncodeSettings = EncodeSettings
             return r
         except (av.FFmpegError, OSError, IndexError):
             pass  # not one of ours after all (unreadable): redo it
-    if not os.path.isfile(src):
-        r.reason, r.detail = "missing", "no such file"
-        return r
     tmp = partial_path(dst)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -162,7 +135,7 @@ def transcode_file(src: str, dst: str, settings: EncodeSettings = EncodeSettings
             os.fsync(f.fileno())
         os.replace(tmp, dst)
         r.ok, r.num_frames = True, out_frames
-    except SourceError as e:
+    except VideoFileError as e:
         r.reason, r.detail = e.reason, e.detail
     except (av.FFmpegError, OSError, ValueError, IndexError) as e:
         r.reason, r.detail = "decode_error", f"{type(e).__name__}: {e}"
