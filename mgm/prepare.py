@@ -35,7 +35,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
     from mgm import synth
 
     kwargs = {"size": a.size, "num_frames": a.frames, "gop": a.gop, "bframes": a.bframes}
-    csv_path = synth.make_dataset(a.out, a.num, a.seed, **kwargs)
+    # absolute: filelist.write_list keeps relative entry paths verbatim, which would make them cwd-relative
+    csv_path = synth.make_dataset(Path(a.out).resolve(), a.num, a.seed, **kwargs)
     print(f"synth: {a.num} clips in {a.out}, list {csv_path}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import sys
 import types
 from pathlib import Path
@@ -17,12 +18,17 @@ from mgm.filelist import read_list
 from mgm.prepare import main
 
 
+def cli(command: str) -> int:
+    """Run `mgm-prepare <command>` in-process; returns its exit status."""
+    return main(shlex.split(command))
+
+
 def _rejects(path: Path) -> dict[str, str]:
     with path.open(newline="") as f:
         return {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
 
 
-def test_ssv2_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ssv2_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     vids = tmp_path / "20bn-something-something-v2"
     vids.mkdir()
     write_clip(vids / "101.webm", "libvpx-vp9", frames=20)
@@ -41,25 +47,9 @@ def test_ssv2_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     (tmp_path / "train.json").write_text(json.dumps(train))
     out = tmp_path / "lists" / "ssv2_train.csv"
-    rc = main(
-        [
-            "lists",
-            "--format",
-            "ssv2",
-            "--labels",
-            str(tmp_path / "labels.json"),
-            "--annotations",
-            str(tmp_path / "train.json"),
-            "--video-dir",
-            str(vids),
-            "--out",
-            str(out),
-            "--workers",
-            "2",
-            "--quiet",
-        ]
-    )
-    assert rc == 0
+    monkeypatch.chdir(tmp_path)
+    args = "lists --format ssv2 --labels labels.json --annotations train.json --video-dir 20bn-something-something-v2"
+    assert main([*args.split(), "--out", str(out), "--workers", "2", "--quiet"]) == 0
     entries = read_list(out)
     assert [(Path(e.path).name, e.label, e.num_frames) for e in entries] == [("101.webm", 1, 20), ("102.webm", 0, 22)]
     assert out.read_text().splitlines()[1].startswith("../20bn-something-something-v2/101.webm")  # relative
@@ -70,7 +60,7 @@ def test_ssv2_lists(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "without motion vectors: 2" in summary  # VP9 carries none: the summary points to transcode
 
 
-def test_ssv2_test_split_and_bad_json(tmp_path: Path) -> None:
+def test_ssv2_test_split_and_bad_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "labels.json").write_text(json.dumps({"Holding something": "0"}))
     (tmp_path / "test.json").write_text(json.dumps([{"id": 7}]))
     cands, bad = datasets.ssv2_candidates(tmp_path / "labels.json", tmp_path / "test.json", tmp_path, ext="mp4")
@@ -78,27 +68,11 @@ def test_ssv2_test_split_and_bad_json(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(datasets.AnnotationError, match="broken.json"):
         datasets.ssv2_candidates(tmp_path / "labels.json", tmp_path / "broken.json", tmp_path)
-    assert (
-        main(
-            [
-                "lists",
-                "--format",
-                "ssv2",
-                "--labels",
-                str(tmp_path / "labels.json"),
-                "--annotations",
-                str(tmp_path / "nope.json"),
-                "--video-dir",
-                str(tmp_path),
-                "--out",
-                str(tmp_path / "l.csv"),
-            ]
-        )
-        == 2
-    )
+    monkeypatch.chdir(tmp_path)
+    assert cli("lists --format ssv2 --labels labels.json --annotations no.json --video-dir . --out l.csv") == 2
 
 
-def test_kinetics_lists(tmp_path: Path) -> None:
+def test_kinetics_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "k400" / "train"
     (root / "abseiling").mkdir(parents=True)
     (root / "air drumming").mkdir()
@@ -115,25 +89,9 @@ def test_kinetics_lists(tmp_path: Path) -> None:
         w.writerow(["zumba", "ddd", "5", "15", "train", "0"])  # never downloaded
         w.writerow(["zumba", "eee", "5", "15", "val", "0"])  # another split
     out = tmp_path / "k400_train.csv"
-    rc = main(
-        [
-            "lists",
-            "--format",
-            "k400",
-            "--annotations",
-            str(tmp_path / "train.csv"),
-            "--split",
-            "train",
-            "--video-dir",
-            str(tmp_path / "k400"),
-            "--out",
-            str(out),
-            "--workers",
-            "0",
-            "--quiet",
-        ]
-    )
-    assert rc == 0
+    monkeypatch.chdir(tmp_path)
+    args = "lists --format k400 --annotations train.csv --split train --video-dir k400 --workers 0 --quiet"
+    assert main([*args.split(), "--out", str(out)]) == 0
     got = [(Path(e.path).name, e.label, e.num_frames) for e in read_list(out)]
     # ids: alphabetical over the CSV's labels (abseiling 0, air drumming 1, zumba 2), in CSV order
     assert got == [("bbb_000000_000010.mp4", 1, 21), ("aaa_000010_000020.mp4", 0, 20)]
@@ -178,6 +136,7 @@ def test_parallel_map_survives_a_crashing_worker() -> None:
 
 
 def test_synth_and_motion_commands_pass_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     calls: dict[str, tuple] = {}
 
     def make_dataset(out: str, num: int, seed: int, **kw: object) -> Path:
@@ -191,58 +150,20 @@ def test_synth_and_motion_commands_pass_arguments(tmp_path: Path, monkeypatch: p
     monkeypatch.setitem(sys.modules, "mgm.motion_cache", types.SimpleNamespace(build_cache=build_cache))
     monkeypatch.setattr("mgm.synth.make_dataset", make_dataset)
     assert main(["synth", "--out", "d", "--num", "5", "--seed", "3", "--size", "120x160", "--frames", "30"]) == 0
-    assert calls["synth"] == ("d", 5, 3, {"size": (120, 160), "num_frames": 30, "gop": 16, "bframes": 0})
+    assert calls["synth"] == (tmp_path / "d", 5, 3, {"size": (120, 160), "num_frames": 30, "gop": 16, "bframes": 0})
     assert main(["motion", "--list", "l.csv", "--out", "c", "--workers", "2", "--cell", "4", "--quiet"]) == 0
     assert calls["motion"] == ("l.csv", "c", 2, 4, False)
     with pytest.raises(SystemExit):
         main(["synth", "--out", "d", "--num", "5", "--size", "big"])
 
 
-def test_synth_then_transcode_end_to_end(tmp_path: Path) -> None:
+def test_synth_then_transcode_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synth_dir = tmp_path / "synth"
-    assert (
-        main(
-            [
-                "synth",
-                "--out",
-                str(synth_dir),
-                "--num",
-                "2",
-                "--seed",
-                "1",
-                "--size",
-                "64x96",
-                "--frames",
-                "20",
-                "--gop",
-                "30",
-                "--bframes",
-                "2",
-            ]
-        )
-        == 0
-    )
+    monkeypatch.chdir(tmp_path)
+    assert cli("synth --out synth --num 2 --seed 1 --size 64x96 --frames 20 --gop 30 --bframes 2") == 0
     csv_path = synth_dir / "train.csv"
     out = tmp_path / "nvdec"
-    assert (
-        main(
-            [
-                "transcode",
-                "--list",
-                str(csv_path),
-                "--out",
-                str(out),
-                "--gop",
-                "8",
-                "--workers",
-                "0",
-                "--preset",
-                "ultrafast",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert cli("transcode --list synth/train.csv --out nvdec --gop 8 --workers 0 --preset ultrafast --quiet") == 0
     src, new = read_list(csv_path), read_list(out / "train.csv")
     assert [e.num_frames for e in new] == [e.num_frames for e in src] == [20, 20]
     assert [e.label for e in new] == [e.label for e in src]
