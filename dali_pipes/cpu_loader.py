@@ -1,0 +1,145 @@
+"""CPU fallback loader: PyAV decoding in a torch DataLoader, same sampler, same batches as the DALI loader.
+
+One decode per clip (mgm.motion.read_span) yields both the RGB frames the clip needs and the motion vectors of
+its span, so online motion costs no second decode. The pixels go through the same crop box, resize (bilinear
+with antialiasing, as DALI's default), flip and normalization as in dali_pipes.graph.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from dali_pipes.adapter import LoaderBase
+from dali_pipes.sampler import ClipSampler, ClipSpec
+from dali_pipes.sources import BadVideoError, MaskMaker, with_replacement
+
+
+def crop_resize(
+    frames: torch.Tensor, spec: ClipSpec, size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box, resize, flip, normalize (mean/std in 0..1)."""
+    x, y, w, h = spec.crop
+    clip = frames[:, y : y + h, x : x + w].permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if spec.flip:
+        clip = clip.flip(-1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    return ((clip - m) / s).transpose(0, 1).contiguous()  # (3, T, S, S)
+
+
+class ClipDataset(Dataset):
+    """Map-style dataset keyed by (epoch, video_index): decode, mask and transform one planned clip."""
+
+    def __init__(
+        self, sampler: ClipSampler, masks: MaskMaker, *, input_size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        self.sampler, self.masks = sampler, masks
+        self.input_size, self.mean, self.std = input_size, list(mean), list(std)
+
+    def __len__(self) -> int:
+        return len(self.sampler.paths)
+
+    def _load(self, epoch: int, vi: int, attempt: int) -> tuple[torch.Tensor, ClipSpec, np.ndarray, float]:
+        from mgm.motion import read_span, span_of
+
+        s = self.sampler
+        path, listed = s.paths[vi], int(s.lengths[vi])
+        idx = s.spec(epoch, vi, (1, 1), attempt).frame_indices  # the indices do not depend on the frame size
+        start, stop = span_of(idx, listed)
+        start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
+        try:
+            field, rgb = read_span(path, start, stop, cell=self.masks.cell, keep=np.unique(idx).tolist())
+        except Exception as e:  # MotionReadError, codec errors, a vanished file: name it and move on
+            raise BadVideoError(f"{path}: decode failed ({type(e).__name__}: {e})") from None
+        missing = sorted(set(idx.tolist()) - set(rgb))
+        if missing:
+            raise BadVideoError(f"{path}: frames {missing[:4]} not decoded")
+        spec = s.spec(epoch, vi, field.frame_size, attempt)
+        t0 = time.perf_counter()
+        try:
+            motion = field if self.masks.motion_source == "online" else self.masks.read_motion(spec, listed)
+            mask = self.masks.make(spec, epoch, motion if self.masks.needs_motion else None)
+        except Exception as e:
+            raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
+        secs = time.perf_counter() - t0
+        frames = torch.from_numpy(np.stack([rgb[i] for i in idx.tolist()]))  # (T, H, W, 3) uint8
+        return frames, spec, mask, secs
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, vi = key
+        (frames, spec, mask, secs), bad, first_bad = with_replacement(
+            self.sampler, epoch, vi, lambda v, a: self._load(epoch, v, a)
+        )
+        return {
+            "video": crop_resize(frames, spec, self.input_size, self.mean, self.std),
+            "mask": torch.from_numpy(mask),
+            "meta": torch.tensor([spec.video_index, spec.label, bad, first_bad], dtype=torch.int64),
+            "frame_indices": torch.from_numpy(spec.frame_indices.astype(np.int32)),
+            "mask_time": torch.tensor(secs, dtype=torch.float32),
+        }
+
+
+class _PlannedBatches:
+    """Batch sampler: the rest of the sampler's current epoch, as lists of (epoch, video_index) keys."""
+
+    def __init__(self, sampler: ClipSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return (len(self.sampler) - self.sampler.position) // self.sampler.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        s, b = self.sampler, self.sampler.batch_size
+        order = s.epoch_indices(s.epoch)
+        for p in range(s.position, len(order) - b + 1, b):
+            yield [(s.epoch, int(v)) for v in order[p : p + b]]
+
+
+class CpuLoader(LoaderBase):
+    """The fallback loader (see module docstring); same batches, length, epochs and state as DaliLoader."""
+
+    kind = "cpu"
+
+    def __init__(
+        self,
+        sampler: ClipSampler,
+        masks: MaskMaker,
+        *,
+        input_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_workers: int,
+        device: torch.device,
+        output_dtype: str,
+        max_bad_fraction: float,
+    ) -> None:
+        super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
+        self.dataset = ClipDataset(sampler, masks, input_size=input_size, mean=mean, std=std)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=_PlannedBatches(sampler),
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=num_workers > 0,  # keys carry the epoch, so workers never go stale
+            prefetch_factor=2 if num_workers > 0 else None,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._begin_epoch()
+        for raw in self.loader:
+            meta = raw["meta"].numpy()
+            self._account(meta, raw["mask_time"].numpy())
+            yield self._batch(raw["video"], raw["mask"].numpy(), meta, raw["frame_indices"].numpy(),
+                              raw["mask_time"].numpy())  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        self.loader = None  # type: ignore[assignment]

@@ -1,0 +1,213 @@
+"""Per-sample work done in loader worker processes: pick the clip, read bytes, make its mask.
+
+`DaliClipSource` is the callable behind DALI's parallel external source; the CPU fallback shares
+`MaskMaker` and `with_replacement`, so both loaders pick the same clips and masks for the same
+(seed, epoch, rank). Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from dali_pipes.sampler import ClipSampler, ClipSpec
+
+T = TypeVar("T")
+MAX_TRIES = 8  # files tried for one sample (the planned one + replacements) before giving up
+
+
+class BadVideoError(RuntimeError):
+    """A video could not be read; the message names the file."""
+
+
+def twin_path(path: str, suffix: str | None) -> str:
+    """The file the decoder reads: `path` itself, or its twin with `suffix` (e.g. ".webm") in place of the suffix."""
+    return str(Path(path).with_suffix(suffix)) if suffix else path
+
+
+def probe(data: bytes, name: str) -> tuple[int, int, int]:
+    """(H, W, packets) of the first video stream of an encoded file held in memory; BadVideoError if unusable.
+
+    Counting packets only demuxes (no decoding, ~1 ms for a short clip) and catches truncated or broken
+    containers here, in the worker, where the file can be named and replaced, rather than inside DALI's
+    decoder, where an error ends the whole batch.
+    """
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), "r") as c:
+            if not c.streams.video:
+                raise BadVideoError(f"{name}: no video stream")
+            s = c.streams.video[0]
+            h, w = s.codec_context.height, s.codec_context.width
+            if h <= 0 or w <= 0:
+                raise BadVideoError(f"{name}: video stream has no frame size")
+            packets = sum(1 for p in c.demux(s) if p.size)
+            if packets < 1:
+                raise BadVideoError(f"{name}: no video frames")
+            return h, w, packets
+    except BadVideoError:
+        raise
+    except Exception as e:  # av raises many error types for garbage input
+        raise BadVideoError(f"{name}: cannot open as video ({type(e).__name__}: {e})") from None
+
+
+def read_bytes(path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BadVideoError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise BadVideoError(f"{path}: empty file")
+    return data
+
+
+@dataclass
+class MaskMaker:
+    """Builds the mask of a clip from its motion, in the worker. Plain arguments, no config object.
+
+    motion_source: "cache" (MotionCache(cache_dir).get(path)) or "online" (mgm.motion.read_motion over the
+    clip's span). Masks that ignore motion ("tube", "random") skip reading it.
+    """
+
+    name: str
+    ratio: float
+    grid: tuple[int, int, int]
+    knobs: dict[str, Any] = field(default_factory=dict)
+    motion_source: str = "online"
+    cache_dir: str = ""
+    cell: int = 8
+    seed: int = 0
+    _gen: Any = field(default=None, repr=False)
+    _cache: Any = field(default=None, repr=False)
+
+    @property
+    def needs_motion(self) -> bool:
+        return self.name == "mgm"
+
+    def generator(self) -> Any:
+        if self._gen is None:  # built lazily: once per worker process, after unpickling
+            from mgm.masking import build_masking
+
+            self._gen = build_masking(self.name, self.ratio, tuple(self.grid), **self.knobs)
+        return self._gen
+
+    def read_motion(self, spec: ClipSpec, num_frames: int) -> Any:
+        """MotionField covering the clip's frames (from the cache or one decode of the original file, which has
+        `num_frames` frames); None for masks that ignore motion."""
+        if not self.needs_motion:
+            return None
+        if self.motion_source == "cache":
+            if self._cache is None:
+                try:
+                    from mgm.motion_cache import MotionCache
+                except ImportError:
+                    from mgm.motion import MotionCache
+                self._cache = MotionCache(self.cache_dir)
+            return self._cache.get(spec.path)
+        from mgm.motion import read_motion, span_of
+
+        # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
+        start, stop = span_of(spec.frame_indices, num_frames)
+        return read_motion(spec.path, cell=self.cell, start=start, stop=stop)
+
+    def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
+        """Mask (T2*Hp*Wp,) bool, True = masked, for `spec` given its MotionField (or None)."""
+        rng = np.random.default_rng([self.seed, epoch, spec.video_index, 2])
+        motion_map = None
+        if motion is not None:
+            motion_map = motion.clip_map(spec.frame_indices, crop=spec.crop, flip=spec.flip, grid=tuple(self.grid))
+        return np.asarray(self.generator()(motion_map, rng), dtype=bool)
+
+
+def with_replacement(
+    sampler: ClipSampler, epoch: int, video_index: int, load: Callable[[int, int], T]
+) -> tuple[T, int, int]:
+    """Run `load(video_index, attempt)`; on BadVideoError warn naming the file and try the seeded replacement.
+
+    Returns (result, bad files skipped, index of the first bad video or -1). Raises BadVideoError after
+    MAX_TRIES failures in a row (a dataset that broken should stop the run, not spin).
+    """
+    bad, first_bad, vi = 0, -1, video_index
+    errors = []
+    for attempt in range(MAX_TRIES):
+        try:
+            return load(vi, attempt), bad, first_bad
+        except BadVideoError as e:
+            warnings.warn(f"skipping unreadable video: {e}", stacklevel=2)
+            errors.append(str(e))
+            bad += 1
+            first_bad = vi if first_bad < 0 else first_bad
+            vi = sampler.replacement(epoch, video_index, attempt + 1)
+    raise BadVideoError(f"{MAX_TRIES} videos in a row failed to load: " + "; ".join(errors))
+
+
+class DaliClipSource:
+    """Parallel external source for DALI (batch=False): SampleInfo -> one sample's arrays.
+
+    Outputs, in order: encoded bytes (n,) uint8, frame indices (T,) int32, ROI start [y, x] and end [y, x]
+    float32 (the crop box in source pixels), mirror () int32, mask (N,) bool (True = masked), meta (4,) int64
+    [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32.
+    `epoch0`/`offset0` place DALI's own epoch counter: its epoch k is our epoch epoch0 + k, and its first
+    epoch starts `offset0` samples in (a resumed run).
+    """
+
+    NUM_OUTPUTS = 8
+
+    def __init__(
+        self, sampler: ClipSampler, masks: MaskMaker, *, epoch0: int = 0, offset0: int = 0, twin_suffix: str | None
+    ) -> None:
+        self.sampler, self.masks = sampler, masks
+        self.epoch0, self.offset0, self.twin_suffix = epoch0, offset0, twin_suffix
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def _indices(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.sampler.epoch_indices(epoch))
+        return self._order[1]
+
+    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, np.ndarray, float]:
+        path = self.sampler.paths[video_index]
+        src = twin_path(path, self.twin_suffix)
+        data = read_bytes(src)
+        h, w, packets = probe(data, src)
+        listed = int(self.sampler.lengths[video_index])
+        if packets < listed // 2:  # far fewer frames than the list says: truncated or broken, not a rounding slip
+            raise BadVideoError(f"{src}: {packets} frames in the file, {listed} in the file list (truncated?)")
+        # the file's own count wins over the list's: DALI (pad_mode="none") fails on a missing frame
+        frames = min(listed, packets)
+        spec = self.sampler.spec(epoch, video_index, (h, w), attempt, num_video_frames=frames)
+        t0 = time.perf_counter()
+        try:
+            mask = self.masks.make(spec, epoch, self.masks.read_motion(spec, frames))
+        except Exception as e:  # MotionReadError, codec errors on the original: all name the file below
+            raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
+        return data, spec, mask, time.perf_counter() - t0
+
+    def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
+        epoch = self.epoch0 + info.epoch_idx
+        pos = info.idx_in_epoch + (self.offset0 if info.epoch_idx == 0 else 0)
+        order = self._indices(epoch)
+        if pos >= len(order):
+            raise StopIteration
+        (data, spec, mask, secs), bad, first_bad = with_replacement(
+            self.sampler, epoch, int(order[pos]), lambda vi, a: self._load(epoch, vi, a)
+        )
+        x, y, w, h = spec.crop
+        return (
+            np.frombuffer(data, dtype=np.uint8),
+            spec.frame_indices.astype(np.int32),
+            np.array([y, x], np.float32),
+            np.array([y + h, x + w], np.float32),
+            np.array(int(spec.flip), np.int32),
+            mask,
+            np.array([spec.video_index, spec.label, bad, first_bad], np.int64),
+            np.array([secs], np.float32),
+        )
