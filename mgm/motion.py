@@ -1,0 +1,399 @@
+"""Motion energy from the motion vectors H.264 / MPEG-4 / MPEG-2 streams already carry (no optical flow).
+
+`read_motion` decodes a file with FFmpeg's `export_mvs` and turns each frame's vectors into a motion-energy grid:
+every vector's block (w x h pixels centred on dst_x, dst_y, FFmpeg's convention, checked in the tests with a
+moving square) is rasterized onto cells of `cell` pixels with its displacement magnitude, so a cell holds the
+mean displacement (pixels per frame) of its pixels. `MotionField.clip_map` then sums those grids over the source
+frames of each tubelet slot and maps them through the clip's crop / flip onto the token grid.
+
+Frame numbering: frame i is the i-th frame PyAV decodes in presentation order, counting from 0, which is the
+numbering DALI's `decoders.video(frames=...)` uses too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+# Settings that change pixels but not the parsed vectors (the bitstream syntax does not depend on pixels);
+# tests/test_motion.py checks that the vectors are identical with and without them. Frame threading is not
+# among them: with it FFmpeg attaches side data to the wrong frames (B-frame clips differ), so `threads`
+# only ever means slice threads.
+FAST_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
+_PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType values
+_UNIT = 4  # rasterization step: the smallest H.264 block side
+
+
+class MotionReadError(RuntimeError):
+    """A file could not be read to the end: the message names the file and how many frames were read."""
+
+    def __init__(self, path: str, frames_read: int, reason: str) -> None:
+        super().__init__(f"{path}: motion read failed after {frames_read} frames: {reason}")
+        self.path, self.frames_read, self.reason = path, frames_read, reason
+
+
+@dataclass
+class MotionField:
+    """Per-frame motion energy of (a span of) one video.
+
+    energy: float32 (frames, rows, cols), mean displacement in pixels per frame of each `cell` x `cell` cell;
+    energy[0] is absolute frame `first_frame`. num_frames: frames in the whole video. frame_size: (H, W) pixels.
+    has_vectors: False when the stream carries no motion vectors at all (VP9, MJPEG, intra-only, ...).
+    """
+
+    energy: np.ndarray
+    cell: int
+    frame_size: tuple[int, int]
+    has_vectors: bool
+    num_frames: int
+    first_frame: int = 0
+
+    def slot_frames(self, frame_indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Absolute source frames of each tubelet slot (pairs of sampled frames): (frames (K,), slot id (K,)).
+
+        A slot with sampled frames f0 < f1 covers f0 .. f1 + (f1 - f0) - 1, i.e. up to where the next slot starts
+        for a regular stride, so frames skipped by the stride are counted exactly once. A pair that does not go
+        forward (a looped or padded short video) covers just its distinct frames.
+        """
+        f = np.asarray(frame_indices, dtype=np.int64)
+        if f.ndim != 1 or len(f) % 2:
+            raise ValueError(f"frame_indices must be 1-D with an even length (pairs of frames), got shape {f.shape}")
+        frames, slots = [], []
+        for t, (a, b) in enumerate(zip(f[0::2].tolist(), f[1::2].tolist(), strict=True)):
+            span = range(a, b + (b - a)) if b > a else sorted({a, b})
+            frames.extend(span)
+            slots.extend([t] * len(span))
+        return np.asarray(frames, np.int64), np.asarray(slots, np.int64)
+
+    def clip_map(
+        self,
+        frame_indices: Sequence[int],
+        crop: tuple[int, int, int, int] | None = None,
+        flip: bool = False,
+        grid: tuple[int, int, int] = (8, 14, 14),
+    ) -> np.ndarray:
+        """Motion map of one clip on the token grid: float32 (T2, Hp, Wp).
+
+        frame_indices: the T sampled absolute frame indices (T = 2 * T2); crop: (x, y, w, h) in source pixels
+        (None = the whole frame); flip: horizontal flip applied after the crop, as for the pixels. Each slot sums
+        the energy of every source frame in its span (see `slot_frames`); frames outside the field are ignored.
+        Tokens get the area-weighted mean of the cells under them.
+        """
+        t2, hp, wp = grid
+        if len(frame_indices) != 2 * t2:
+            raise ValueError(f"{len(frame_indices)} frame indices for {t2} tubelet slots (need {2 * t2})")
+        n = self.energy.shape[0]
+        frames, slot = self.slot_frames(frame_indices)
+        idx = frames - self.first_frame
+        ok = (idx >= 0) & (idx < n)
+        sums = np.zeros((t2,) + self.energy.shape[1:], np.float32)
+        np.add.at(sums, slot[ok], self.energy[idx[ok]])  # (T2, rows, cols)
+        h, w = self.frame_size
+        x, y, cw, ch = crop if crop is not None else (0, 0, w, h)
+        ry = _resample_matrix(y, ch, hp, self.cell, sums.shape[1], h)  # (Hp, rows)
+        rx = _resample_matrix(x, cw, wp, self.cell, sums.shape[2], w)  # (Wp, cols)
+        out = ry @ sums @ rx.T  # (T2, Hp, Wp)
+        if flip:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _resample_matrix(start: int, length: int, tokens: int, cell: int, cells: int, limit: int) -> np.ndarray:
+    """(tokens, cells) weights: overlap of token i's source interval with cell j, over the token's length."""
+    edges = start + length * np.arange(tokens + 1) / tokens  # token boundaries in source pixels
+    lo = np.minimum(np.arange(cells) * cell, limit)
+    hi = np.minimum(lo + cell, limit)
+    overlap = np.clip(np.minimum(edges[1:, None], hi) - np.maximum(edges[:-1, None], lo), 0, None)
+    m = (overlap / (length / tokens)).astype(np.float32)
+    m.setflags(write=False)
+    return m
+
+
+def span_of(frame_indices: Sequence[int], num_frames: int) -> tuple[int, int]:
+    """[start, stop) of source frames `clip_map` needs for these indices: what to pass to `read_span`."""
+    f = np.asarray(frame_indices, dtype=np.int64)
+    lo, hi = int(f.min()), int(f.max()) + 1
+    if len(f) >= 2 and f[-1] > f[-2]:
+        hi = max(hi, int(f[-1] + (f[-1] - f[-2])))
+    return max(lo, 0), min(hi, num_frames)
+
+
+@dataclass(frozen=True)
+class _Index:
+    pts: np.ndarray  # presentation timestamps in presentation order
+    keyframes: np.ndarray  # presentation indices of key frames, ascending
+
+
+@functools.lru_cache(maxsize=64)
+def _packet_index(path: str, mtime_ns: int, size: int) -> _Index | None:
+    """Timestamps and key frames from demuxing only (no decode); None when timestamps are unusable."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        pts, keys = [], []
+        for pkt in container.demux(stream):
+            if pkt.size == 0:
+                continue
+            if pkt.pts is None:
+                return None
+            pts.append(pkt.pts)
+            keys.append(pkt.is_keyframe)
+    order = np.argsort(pts, kind="stable")
+    pts_sorted = np.asarray(pts, np.int64)[order]
+    if len(np.unique(pts_sorted)) != len(pts_sorted):
+        return None
+    return _Index(pts_sorted, np.flatnonzero(np.asarray(keys, bool)[order]))
+
+
+def _rasterize(
+    frame_ids: np.ndarray, mv: np.ndarray, mag: np.ndarray, n_frames: int, cell: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Sum each vector's magnitude over its block onto (n_frames, rows, cols) cells, as a per-pixel mean.
+
+    frame_ids: (V,) row of each vector in the output; mv: (V,) FFmpeg AVMotionVector records (block geometry);
+    mag: (V,) float magnitude of each vector.
+    """
+    h, w = size
+    rows, cols = -(-h // cell), -(-w // cell)
+    unit = math.gcd(cell, _UNIT)
+    bw = np.maximum(mv["w"].astype(np.int64) // unit, 1)
+    bh = np.maximum(mv["h"].astype(np.int64) // unit, 1)
+    x0 = (mv["dst_x"].astype(np.int64) - mv["w"] // 2) // unit
+    y0 = (mv["dst_y"].astype(np.int64) - mv["h"] // 2) // unit
+    keep = mag > 0  # zero vectors add nothing: most of a still background
+    bw, bh, x0, y0, mag, fid = bw[keep], bh[keep], x0[keep], y0[keep], mag[keep], frame_ids[keep]
+    n = bw * bh
+    owner = np.repeat(np.arange(len(n)), n)  # one entry per unit square of every block
+    k = np.arange(owner.size) - np.repeat(np.cumsum(n) - n, n)
+    ux = x0[owner] + k % bw[owner]
+    uy = y0[owner] + k // bw[owner]
+    per = cell // unit
+    inside = (ux >= 0) & (uy >= 0) & (ux * unit < w) & (uy * unit < h)
+    flat = (fid[owner] * rows + uy // per) * cols + ux // per
+    sums = np.bincount(flat[inside], weights=mag[owner][inside] * (unit * unit), minlength=n_frames * rows * cols)
+    return (sums.reshape(n_frames, rows, cols) / _cell_area(cell, h, w)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_area(cell: int, h: int, w: int) -> np.ndarray:
+    """(rows, cols) pixels of each cell inside the frame (border cells can be partial)."""
+    ys = np.minimum(np.arange(-(-h // cell)) * cell + cell, h) - np.arange(-(-h // cell)) * cell
+    xs = np.minimum(np.arange(-(-w // cell)) * cell + cell, w) - np.arange(-(-w // cell)) * cell
+    return (ys[:, None] * xs[None, :]).astype(np.float64)
+
+
+def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
+    """Frames without vectors (key frames) copy the next frame with vectors, else the previous one (in place).
+
+    Next-first keeps a span read starting at a key frame identical to the full read.
+    """
+    if has.all() or not has.any():
+        return
+    n = len(has)
+    idx = np.where(has, np.arange(n), n)
+    nxt = np.minimum.accumulate(idx[::-1])[::-1]
+    prv = np.maximum.accumulate(np.where(has, np.arange(n), -1))
+    src = np.where(nxt < n, nxt, prv)
+    gaps = ~has
+    energy[gaps] = energy[src[gaps]]
+
+
+def _open(path: str, fast: bool, threads: int) -> tuple[av.container.InputContainer, av.VideoStream]:
+    container = av.open(path)
+    if not container.streams.video:
+        container.close()
+        raise MotionReadError(path, 0, "no video stream")
+    stream = container.streams.video[0]
+    opts = {"flags2": "+export_mvs"}
+    if fast:
+        opts.update(FAST_OPTIONS)
+    stream.codec_context.options = opts
+    stream.thread_type = "SLICE"
+    stream.thread_count = max(threads, 1)
+    return container, stream
+
+
+def read_span(
+    path: str,
+    start: int,
+    stop: int | None,
+    *,
+    cell: int = 8,
+    keep: Iterable[int] = (),
+    threads: int = 1,
+    camera: bool = True,
+) -> tuple[MotionField, dict[int, np.ndarray]]:
+    """Decode frames [start, stop) once (from the key frame before `start`) for motion AND chosen RGB frames.
+
+    Returns the MotionField of frames [start, stop) (first_frame = start) and {index: (H, W, 3) uint8 RGB} for
+    the indices in `keep` inside the span. stop=None reads to the end. camera=True subtracts each frame's
+    dominant (area-weighted median) motion, so a camera pan does not light up the whole frame. Raises
+    MotionReadError (naming the file and the frames read) when the file cannot be opened or ends before `stop`.
+    """
+    path = os.fspath(path)
+    keep = frozenset(int(k) for k in keep)
+    try:
+        st = os.stat(path)
+        index = _packet_index(path, st.st_mtime_ns, st.st_size)
+    except (OSError, av.FFmpegError) as e:
+        raise MotionReadError(path, 0, f"cannot open: {e}") from e
+    total = len(index.pts) if index is not None else None
+    stop = total if stop is None else (min(stop, total) if total is not None else stop)
+    if stop is not None and stop <= start:
+        raise ValueError(f"{path}: empty span [{start}, {stop})")
+
+    seek_to = 0
+    if index is not None and start > 0 and len(index.keyframes):
+        before = index.keyframes[index.keyframes <= start]
+        seek_to = int(before[-1]) if len(before) else 0
+    pts_to_idx = {int(p): i for i, p in enumerate(index.pts)} if index is not None else None
+
+    fast = not keep
+    records: list[np.ndarray] = []  # vectors of frames >= start
+    rec_frame: list[int] = []  # absolute index of each record
+    types: dict[int, int] = {}
+    rgb: dict[int, np.ndarray] = {}
+    decoded = 0
+    last = -1
+    size = None
+    try:
+        container, stream = _open(path, fast, threads)
+    except av.FFmpegError as e:
+        raise MotionReadError(path, 0, f"cannot open: {e}") from e
+    with container:
+        try:
+            if seek_to > 0:
+                container.seek(int(index.pts[seek_to]), stream=stream, backward=True, any_frame=False)
+            counter = seek_to
+            tail_anchor = tail_vectors = False  # past `stop`: seen an anchor / a frame with vectors
+            for frame in container.decode(stream):
+                i = counter
+                if pts_to_idx is not None and frame.pts is not None:
+                    i = pts_to_idx.get(int(frame.pts), -1)
+                    if i < 0:
+                        continue
+                counter = i + 1
+                decoded += 1
+                last = i
+                size = size or (frame.height, frame.width)
+                kind = int(frame.pict_type)
+                types[i] = kind
+                if i < start:
+                    continue
+                sd = frame.side_data.get("MOTION_VECTORS")
+                vecs = sd.to_ndarray() if sd is not None else None
+                if vecs is not None and len(vecs):
+                    records.append(vecs)
+                    rec_frame.append(i)
+                if stop is not None and i >= stop:
+                    # A few frames past the span fix how its last frames are filled and weighted exactly as in
+                    # a full read: the next frame with vectors (for a trailing key frame), the next anchor (for
+                    # trailing B-frames).
+                    tail_vectors |= vecs is not None and len(vecs) > 0
+                    tail_anchor |= kind != _PICT_B
+                    if (tail_vectors and tail_anchor) or i - stop >= 16:
+                        break
+                    continue
+                if i in keep:
+                    rgb[i] = frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as e:
+            raise MotionReadError(path, decoded, str(e)) from e
+    if size is None:
+        raise MotionReadError(path, 0, "no frame could be decoded")
+    end = stop if stop is not None else last + 1
+    if last + 1 < end or (stop is None and total is not None and last + 1 < total):
+        raise MotionReadError(path, decoded, f"stream ended at frame {last + 1}, expected {end if stop else total}")
+    if total is None:
+        total = max(last + 1, end)
+    field = _build_field(records, rec_frame, types, start, end, last, cell, size, total, camera)
+    return field, rgb
+
+
+def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """(groups,) weighted median of `value` within each group id (0 .. groups-1); 0 for empty groups."""
+    q = np.round(value * 64).astype(np.int64)  # 1/64 px is far finer than quarter-pel vectors / distances
+    order = np.argsort((group << 32) + q + 2**31, kind="stable")
+    cum = np.cumsum(weight[order])
+    total = np.bincount(group, weights=weight, minlength=groups)
+    before = np.cumsum(total) - total
+    pos = np.searchsorted(cum, before + total / 2)
+    out = value[order][np.minimum(pos, len(order) - 1)]
+    return np.where(total > 0, out, 0.0)
+
+
+def _build_field(
+    records: list[np.ndarray],
+    rec_frame: list[int],
+    types: dict[int, int],
+    start: int,
+    end: int,
+    last: int,
+    cell: int,
+    size: tuple[int, int],
+    total: int,
+    camera: bool,
+) -> MotionField:
+    """Rasterize the collected vectors of frames [start, max(end, last]) and keep [start, end)."""
+    hi = max(end, last + 1)
+    n = hi - start
+    # reference distances in presentation order: previous / next anchor (I or P frame) of every frame
+    frames = np.arange(min(types, default=start), hi)
+    is_anchor = np.array([types.get(int(i), _PICT_P) != _PICT_B for i in frames])
+    anchor_pos = np.where(is_anchor, frames, -(10**9))
+    prev_anchor = np.maximum.accumulate(np.concatenate([[-(10**9)], anchor_pos[:-1]]))
+    nxt = np.where(is_anchor, frames, 10**9)[::-1]
+    next_anchor = np.minimum.accumulate(np.concatenate([[10**9], nxt[:-1]]))[::-1]
+    base = int(frames[0])
+    has_b = any(t == _PICT_B for t in types.values())
+
+    has = np.zeros(n, bool)
+    if records:
+        mv = np.concatenate(records)
+        fid = np.repeat(np.asarray(rec_frame, np.int64), [len(r) for r in records])  # absolute frame of each vector
+        j = fid - base
+        past = np.where(prev_anchor[j] > -(10**9), fid - prev_anchor[j], 1)
+        fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - fid, 1)
+        dist = np.maximum(np.where(mv["source"] > 0, fut, past), 1)
+        # velocity in pixels per frame; vectors into the future point the other way
+        step = np.where(mv["source"] > 0, -1.0, 1.0) / (dist * np.maximum(mv["motion_scale"], 1))
+        vx, vy = mv["motion_x"] * step, mv["motion_y"] * step
+        share = np.ones(len(mv))
+        if has_b:  # a bi-predicted block is exported once per direction: count it once
+            key = (
+                (fid << 40)
+                | (mv["dst_x"].astype(np.int64) + 2**15 << 24)
+                | (mv["dst_y"].astype(np.int64) + 2**15 << 8)
+                | (mv["w"].astype(np.int64) // 4 << 4)
+                | mv["h"].astype(np.int64) // 4
+            )
+            _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+            share = 1.0 / counts[inv]
+        if camera:  # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top
+            area = mv["w"].astype(np.float64) * mv["h"] * share
+            vx = vx - _weighted_median(fid - start, vx, area, n)[fid - start]
+            vy = vy - _weighted_median(fid - start, vy, area, n)[fid - start]
+        mag = (np.hypot(vx, vy) * share).astype(np.float32)
+        has[np.asarray(rec_frame) - start] = True
+        energy = _rasterize(fid - start, mv, mag, n, cell, size)
+    else:
+        energy = np.zeros((n, -(-size[0] // cell), -(-size[1] // cell)), np.float32)
+    _fill_gaps(energy, has)
+    return MotionField(energy[: end - start], cell, size, bool(has.any()), total, start)
+
+
+def read_motion(
+    path: str, *, cell: int = 8, threads: int = 1, start: int = 0, stop: int | None = None, camera: bool = True
+) -> MotionField:
+    """Motion energy of frames [start, stop) of a video (default: all of it); see `MotionField`.
+
+    Raises MotionReadError for unreadable, corrupt or truncated files. A stream without motion vectors gives
+    `has_vectors=False` and zero energy, no exception.
+    """
+    field, _ = read_span(path, start, stop, cell=cell, threads=threads, camera=camera)
+    return field
