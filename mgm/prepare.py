@@ -110,8 +110,11 @@ def cmd_transcode(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- motion
 def cmd_motion(a: argparse.Namespace) -> int:
-    from mgm.motion_cache import build_cache
-
+    try:
+        from mgm.motion_cache import build_cache
+    except ImportError as e:
+        print(f"mgm-prepare motion: the motion cache module is unavailable ({e})", file=sys.stderr)
+        return 2
     try:
         stats = build_cache(a.list, a.out, a.workers, a.cell, progress=not a.quiet)
     except FileListError as e:
@@ -176,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mgm-prepare` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:  # finished outputs are verified and kept; partial ones were removed
+        print(f"mgm-prepare {args.cmd}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
