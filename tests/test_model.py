@@ -1,0 +1,106 @@
+"""VideoMAE model: patch layout, visible-only embedding, gradients, fixed visible count, the loss formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _fakes import FRAMES, RATIO, SIZE, tiny_model, tube_mask
+
+from mgm.model import IMAGENET_MEAN, IMAGENET_STD, MODEL_SIZES, create_model, patchify, unpatchify
+
+
+def _batch(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    video = torch.randn(b, 3, FRAMES, SIZE, SIZE, generator=gen)
+    mask = torch.stack([tube_mask((FRAMES // 2, SIZE // 16, SIZE // 16), RATIO, gen) for _ in range(b)])
+    return video, mask
+
+
+def test_unpatchify_inverts_patchify() -> None:
+    x = torch.randn(2, 3, 6, 48, 32)
+    p = patchify(x, 2, 16)
+    assert p.shape == (2, 3 * 3 * 2, 2 * 16 * 16 * 3)
+    assert torch.equal(unpatchify(p, (3, 3, 2), 2, 16), x)
+
+
+def test_patch_vector_layout_is_t_h_w_then_ts_p_p_c() -> None:
+    x = torch.randn(1, 3, 4, 32, 48)
+    p = patchify(x, 2, 16)  # grid (2, 2, 3)
+    t, h, w = 1, 0, 2
+    expect = x[0, :, 2 * t : 2 * t + 2, 16 * h : 16 * h + 16, 16 * w : 16 * w + 16].permute(1, 2, 3, 0)
+    assert torch.equal(p[0, t * 6 + h * 3 + w], expect.reshape(-1))
+
+
+def test_visible_only_embedding_equals_conv3d() -> None:
+    model = tiny_model().eval()
+    video, mask = _batch()
+    ids, v = model.split_ids(mask)
+    conv = model.patch_embed.proj(video).flatten(2).transpose(1, 2)  # (B, N, D), what HF computes
+    patches = patchify(video, 2, 16)
+    vis = torch.gather(patches, 1, ids[:, :v, None].expand(-1, -1, patches.shape[-1]))
+    ours = F.linear(vis, model.embed_weight(), model.patch_embed.proj.bias)
+    ref = torch.gather(conv, 1, ids[:, :v, None].expand(-1, -1, conv.shape[-1]))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert not mask.gather(1, ids[:, :v]).any() and mask.gather(1, ids[:, v:]).all()
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_forward_backward_finite_every_param_has_grad(size: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(size, num_frames=FRAMES, input_size=SIZE, drop_path=0.1)
+    video, mask = _batch()
+    loss, pred = model(video, mask)
+    loss.backward()
+    assert torch.isfinite(loss) and pred.shape == (2, int(mask[0].sum()), 2 * 16 * 16 * 3)
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no finite grad for {missing}"
+    assert all(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_encoder_sees_fixed_visible_count_and_rejects_ragged_masks() -> None:
+    model = tiny_model()
+    video, mask = _batch(3)
+    seen = []
+    model.blocks[0].register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    model(video, mask)
+    n = model.num_tokens
+    assert seen == [(3, n - int(mask[0].sum()), MODEL_SIZES["tiny"].dim)]
+    mask[1, mask[1].nonzero()[0]] = False  # one row masks one token fewer
+    with pytest.raises(ValueError, match="same number"):
+        model(video, mask)
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_loss_equals_direct_formula(norm_pix: bool) -> None:
+    model = tiny_model(norm_pix_loss=norm_pix)
+    video, mask = _batch()
+    with torch.no_grad():
+        loss, pred = model(video, mask)
+    mean = torch.tensor(IMAGENET_MEAN)[:, None, None, None]
+    std = torch.tensor(IMAGENET_STD)[:, None, None, None]
+    pixels = video * std + mean  # back to [0, 1] pixels, channel-wise
+    expect = []
+    for b in range(2):
+        rows = patchify(pixels[b : b + 1], 2, 16)[0][mask[b]]  # (M, ts*p*p*C) masked patches in token order
+        rows = rows.reshape(rows.shape[0], -1, 3)  # (M, ts*p*p, C)
+        if norm_pix:
+            mu, sd = rows.mean(1, keepdim=True), rows.var(1, unbiased=True, keepdim=True).sqrt()
+            rows = (rows - mu) / (sd + 1e-6)
+        expect.append(((pred[b] - rows.reshape(rows.shape[0], -1)) ** 2).mean())
+    torch.testing.assert_close(loss, torch.stack(expect).mean(), rtol=1e-5, atol=1e-6)
+
+
+def test_grad_checkpointing_gives_the_same_gradients() -> None:
+    video, mask = _batch()
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model(grad_checkpointing=ckpt)
+        model(video, mask)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_unknown_size_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="model.size='huge'"):
+        create_model("huge")
