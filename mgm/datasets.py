@@ -170,6 +170,8 @@ def folder_candidates(
         raise AnnotationError(f"video folder {root} does not exist")
     if classes is None:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise AnnotationError(f"{root} has no class subfolders (expected {root}/<class>/<video>)")
     out = []
     for i, c in enumerate(classes):
         for stem, path in sorted(index_files(root / c, exts).items()):

@@ -119,6 +119,8 @@ def test_folder_lists_and_probe(tmp_path: Path) -> None:
     assert main(["lists", "--format", "folder", "--video-dir", str(root), "--out", str(out), "--quiet"]) == 0
     got = [(os.path.relpath(e.path, root), e.label, e.num_frames) for e in read_list(out)]
     assert got == [("run/r1.mp4", 0, 18), ("walk/w1.webm", 1, 19), ("walk/w2.mp4", 1, 20)]
+    with pytest.raises(datasets.AnnotationError, match="no class subfolders"):
+        datasets.folder_candidates(root / "run")
     h264, vp9 = datasets.probe(str(root / "run" / "r1.mp4")), datasets.probe(str(root / "walk" / "w1.webm"))
     assert (h264.codec, h264.size, h264.has_mvs) == ("h264", (64, 80), True)
     assert (vp9.codec, vp9.has_mvs) == ("vp9", False)
