@@ -137,18 +137,22 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
+def write_json(bench: str, rows: list[dict[str, Any]], out: str | Path, meta: dict | None = None) -> Path:
+    """Write {bench, machine, meta, rows} to `out` atomically (parent folders created); returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"bench": bench, "machine": machine_info(), "meta": meta or {}, "rows": rows}
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    tmp.replace(out)
+    return out
+
+
 def emit(bench: str, rows: list[dict[str, Any]], out: str | Path | None = None, meta: dict | None = None) -> None:
     """Print `rows` as an aligned table under the title `bench`; if `out` is given also write the JSON
     {bench, machine, meta, rows} there (parent folders created). Columns are the union of row keys."""
     mi = machine_info()
     gpu = mi["gpu"] or "no GPU"
     print(format_table(rows, title=f"== {bench} ({mi['cpu']}, {mi['cores']} cores, {gpu})"), flush=True)
-    if out is None:
-        return
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"bench": bench, "machine": mi, "meta": meta or {}, "rows": rows}
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}", file=sys.stderr, flush=True)
+    if out is not None:
+        print(f"wrote {write_json(bench, rows, out, meta)}", file=sys.stderr, flush=True)
