@@ -47,7 +47,7 @@ def read_list(csv_path: str | Path) -> list[VideoEntry]:
 
 
 def write_list(csv_path: str | Path, entries: list[VideoEntry]) -> Path:
-    """Write entries atomically, with paths relative to the CSV's folder where possible."""
+    """Write entries atomically, with paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     base = csv_path.resolve().parent
@@ -55,10 +55,8 @@ def write_list(csv_path: str | Path, entries: list[VideoEntry]) -> Path:
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(HEADER)
-        for e in entries:
-            p = Path(e.path)
-            rel = os.path.relpath(p.resolve(), base) if p.is_absolute() else str(p)
-            writer.writerow([rel, e.label, e.num_frames])
+        for e in entries:  # a relative entry path is taken as relative to the working directory
+            writer.writerow([os.path.relpath(Path(e.path).resolve(), base), e.label, e.num_frames])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, csv_path)

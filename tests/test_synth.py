@@ -81,3 +81,13 @@ def test_deterministic_from_seed() -> None:
     c, _ = render_clip("two", 8, (120, 160), 20)
     assert np.array_equal(a, b) and ta == tb
     assert not np.array_equal(a, c)
+
+
+def test_relative_out_dir_list_resolves(tmp_path: Path, monkeypatch) -> None:
+    from mgm.synth import make_dataset
+
+    monkeypatch.chdir(tmp_path)
+    csv_path = make_dataset("rel", num=1, seed=1, size=(64, 96), num_frames=8, vp9_twin=False)
+    (entry,) = read_list(csv_path)
+    assert Path(entry.path).is_file()
+    assert Path(entry.path) == (tmp_path / "rel" / "videos" / "clip_00000.mp4")
