@@ -361,6 +361,8 @@ class ProfileHook:
         elif s.get("gpu_note"):
             lines.append(f"gpu: {s['gpu_note']}")
         lines.append("mask share = worker seconds spent on masks per wall second (runs beside the loop)")
+        if s["step_time_source"] == "wall_clock":
+            lines.append("note: on CPU the loader's workers share the cores with the step; step time includes that")
         lines.append(f"verdict: {s['verdict']}")
         return "\n".join(lines)
 
