@@ -1,0 +1,128 @@
+"""Engine: schedule, parameter groups, optimizer choice, training lowers the loss, exact resume, the
+non-finite guard, checkpoint rotation, gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _fakes import FakeLoader, tiny_model
+
+from mgm import checkpoint as ckpt
+from mgm.engine import NonFiniteLossError, NullHook, TrainOptions, build_optimizer, fit, param_groups
+from mgm.lr_sched import lr_at
+
+
+def _opts(tmp_path: Path, **kw: Any) -> TrainOptions:
+    base = dict(out_dir=str(tmp_path), epochs=2, batch_size=2, base_lr=0.05, warmup_epochs=0.5, min_lr=0.0,
+                ckpt_every=1000, log_every=1, progress=False, tensorboard=False)  # fmt: skip
+    return TrainOptions(**{**base, **kw})
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def test_lr_schedule_warms_up_then_decays_to_min() -> None:
+    lrs = [lr_at(s, peak_lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110) for s in range(111)]
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[110] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.55)
+
+
+def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    d = {names[id(p)] for p in decay["params"]}
+    assert {"mask_token", "blocks.0.attn.q_bias", "blocks.0.attn.v_bias", "blocks.0.norm1.weight"} <= nd
+    assert {"patch_embed.proj.bias", "head.bias"} <= nd
+    assert {"blocks.0.attn.qkv.weight", "patch_embed.proj.weight", "head.weight"} <= d
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(d) + len(nd) == len(list(model.parameters()))
+
+
+def test_cpu_optimizer_is_fused_adamw() -> None:
+    opt, name = build_optimizer(tiny_model(), lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95), device=torch.device("cpu"))
+    assert name == "torch.optim.AdamW(fused=True)" and opt.defaults["fused"]
+
+
+def test_short_cpu_run_lowers_the_loss(tmp_path: Path) -> None:
+    model = tiny_model()
+    out = fit(model, FakeLoader(8, 2), _opts(tmp_path, epochs=10, base_lr=0.3), log=_quiet)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert out["steps"] == len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5, losses  # deterministic: ~1.07 -> ~0.92
+    assert out["checkpoint"] and Path(out["checkpoint"]).is_file()
+
+
+class _Kill(NullHook):
+    """Stops the run (as a kill would) when the step numbered `at` starts."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.n = at, 0
+
+    def step(self, **kw: Any):  # type: ignore[override]
+        if self.n == self.at:
+            raise KeyboardInterrupt
+        self.n += 1
+        return super().step(**kw)
+
+
+@pytest.mark.parametrize("kill_at", [3, 4])  # 3: at an epoch boundary (3 steps per epoch); 4: mid-epoch
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path, kill_at: int) -> None:
+    # drop_path draws from torch's RNG every step, so the RNG state must come back too.
+    kw = dict(epochs=3, ckpt_every=1, keep_last=2)
+    full = tiny_model(drop_path=0.2)
+    fit(full, FakeLoader(6, 2), _opts(tmp_path / "full", **kw), log=_quiet)
+
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(drop_path=0.2), FakeLoader(6, 2), _opts(run, **kw), hook=_Kill(kill_at), log=_quiet)
+    assert ckpt.list_checkpoints(run / "checkpoints")[-1].name == f"step_{kill_at:08d}.pt"
+    torch.manual_seed(123)  # the restored RNG state, not this, must drive the rest of the run
+    resumed = tiny_model(seed=99, drop_path=0.2)  # different init: everything must come from the checkpoint
+    out = fit(resumed, FakeLoader(6, 2), _opts(run, **kw), resume="auto", log=_quiet)
+    assert out["steps"] == 9
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_is_skipped_then_stops_naming_the_step(tmp_path: Path) -> None:
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    out = fit(model, FakeLoader(4, 2, nan_at=frozenset({0})), _opts(tmp_path / "a", epochs=1), log=_quiet)
+    assert out["bad_loss"] == 1 and out["steps"] == 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+    with pytest.raises(NonFiniteLossError, match="step 1:"):
+        fit(tiny_model(), FakeLoader(4, 2, nan_at=frozenset({1})), _opts(tmp_path / "b", max_bad_loss=0), log=_quiet)
+
+
+def test_checkpoints_rotate_and_are_complete(tmp_path: Path) -> None:
+    fit(tiny_model(), FakeLoader(8, 2), _opts(tmp_path, epochs=1, ckpt_every=1, keep_last=2), log=_quiet)
+    files = ckpt.list_checkpoints(tmp_path / "checkpoints")
+    assert [f.name for f in files] == ["step_00000003.pt", "step_00000004.pt"]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    state = ckpt.load(files[-1])
+    assert state["step"] == 4 and state["loader"] == {"epoch": 0, "position": 4}
+    assert {"model", "optimizer", "rng", "scaler", "options"} <= set(state)
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path) -> None:
+    # Same 4 clips per step: one batch of 4 vs two micro-batches of 2 (equal mask counts, so equal mean loss).
+    a, b = tiny_model(), tiny_model()
+    fit(a, FakeLoader(4, 4), _opts(tmp_path / "a", epochs=1, batch_size=4, base_lr=0.01), log=_quiet)
+    fit(b, FakeLoader(4, 2), _opts(tmp_path / "b", epochs=1, batch_size=2, accum_steps=2, base_lr=0.01), log=_quiet)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_resume_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        fit(tiny_model(), FakeLoader(4, 2), _opts(tmp_path), resume=str(tmp_path / "nope.pt"), log=_quiet)
