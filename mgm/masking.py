@@ -98,11 +98,12 @@ class MotionGuidedMasking(MaskGenerator):
 
     Per slot the motion map is smoothed spatially (binomial kernel of `smooth` tokens radius) and mixed with its
     neighbouring slots (weight `temporal`), so that the high-motion region is continuous in time; slots without
-    motion take the score of the nearest slot with motion. `random_mix` is the share of the K tokens drawn at
-    random from the rest (context and randomness); ties (e.g. the still background) are broken at random. A clip
-    whose map is missing, not finite, or whose peak token motion is below `min_motion` (pixels of displacement
-    summed over a slot's frames: the default 1.0 ignores encoder jitter of a still clip) gets a tube mask and
-    counts in `fallbacks`.
+    motion take the score of the nearest slot with motion; scores below `floor` x the slot's peak count as none
+    (codec noise). `random_mix` is the share of the K tokens drawn at random from the rest (context and
+    randomness). Ties (the still background) are broken by one random spatial draw shared by all slots, so away
+    from the motion the mask is a tube. A clip whose map is missing, not finite, or whose peak token motion is
+    below `min_motion` (pixels of displacement summed over a slot's frames: the default 1.0 ignores the encoder
+    jitter of a still clip) gets a tube mask and counts in `fallbacks`.
     """
 
     name = "mgm"
@@ -115,6 +116,7 @@ class MotionGuidedMasking(MaskGenerator):
         temporal: float = 0.5,
         random_mix: float = 0.0,
         min_motion: float = 1.0,
+        floor: float = 0.1,
     ) -> None:
         super().__init__(ratio, grid)
         if not 0.0 <= random_mix <= 1.0:
@@ -123,6 +125,7 @@ class MotionGuidedMasking(MaskGenerator):
             raise ValueError(f"mgm knobs smooth and temporal must be >= 0, got {smooth}, {temporal}")
         t2, hp, wp = self.grid
         self.smooth, self.temporal, self.random_mix, self.min_motion = smooth, temporal, random_mix, min_motion
+        self.floor = floor
         self.n_random = round(random_mix * self.per_slot)
         self._smooth_h = _smoothing_matrix(hp, smooth)  # (Hp, Hp)
         self._smooth_w_t = _smoothing_matrix(wp, smooth).T.copy()  # (Wp, Wp)
@@ -143,7 +146,10 @@ class MotionGuidedMasking(MaskGenerator):
             pos = np.arange(t2)
             src = np.flatnonzero(moving)
             s = s[src[np.abs(pos[:, None] - src[None, :]).argmin(axis=1)]]
-        return self._temporal @ s
+        s = self._temporal @ s
+        # codec noise below `floor` x the slot's peak is no motion: those tokens are drawn at random, not in the
+        # (arbitrary) order of the noise
+        return np.where(s >= self.floor * s.max(axis=1, keepdims=True), s, 0.0)
 
     def __call__(self, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         s = None if motion_map is None else self.score(motion_map)
@@ -152,12 +158,15 @@ class MotionGuidedMasking(MaskGenerator):
             self.fallbacks += 1
             return self._tube(rng)
         t2, k = self.grid[0], self.per_slot
-        # random tie-break far below any real motion difference
-        key = s + rng.random(s.shape, dtype=np.float32) * (float(s.max()) * 1e-4)
+        # Ties (the still background) are broken by one spatial draw shared by all slots, far below any real
+        # motion difference: outside the moving region the mask is a tube, so still tokens do not leak through
+        # time (the reason VideoMAE uses tubes).
+        noise = rng.random(self.tokens_per_slot, dtype=np.float32)  # (HW,)
+        key = s + noise * (float(s.max()) * 1e-4)
         mask = _top_k_rows(key, k - self.n_random)
         if self.n_random:
-            pick = rng.random(s.shape, dtype=np.float32)
-            pick[mask] = 2.0  # the top tokens stay, the rest is a random draw
+            pick = np.broadcast_to(rng.random(self.tokens_per_slot, dtype=np.float32), s.shape).copy()
+            pick[mask] = 2.0  # the top tokens stay, the rest is a random (tube-like) draw
             mask = _top_k_rows(pick, k)
         return mask.reshape(t2 * self.tokens_per_slot)
 
