@@ -30,6 +30,8 @@ from typing import Any
 
 from profiling.report_format import format_table, machine_info
 
+_now = time.perf_counter  # one clock for every timing here (tests swap it for a fake one)
+
 # Data wait above this share of wall time makes the run input-bound.
 INPUT_BOUND_SHARE = 0.10
 
@@ -244,10 +246,10 @@ class ProfileHook:
     def wait(self) -> Iterator[None]:
         """Around fetching the next batch: the time spent inside counts as data wait for the next step."""
         self._begin_iteration()
-        t0 = time.perf_counter()
+        t0 = _now()
         with self._range("data_wait"):
             yield
-        self._pending_wait += time.perf_counter() - t0
+        self._pending_wait += _now() - t0
 
     @contextlib.contextmanager
     def step(self, *, clips: int, frames: int, tokens: int, mask_seconds: float) -> Iterator[None]:
@@ -260,12 +262,12 @@ class ProfileHook:
 
             ev = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
             ev[0].record()
-        t0 = time.perf_counter()
+        t0 = _now()
         with self._range("step"):
             yield
         if ev is not None:
             ev[1].record()
-        t1 = time.perf_counter()
+        t1 = _now()
         c = self._cur
         c.steps += 1
         c.wall_s += t1 - (self._t_last if self._t_last is not None else t0)
@@ -285,18 +287,18 @@ class ProfileHook:
             self._flush()
         if self.trace_window and self._prof is not None and self._steps >= self.trace_window[1]:
             self._stop_trace()
-            self._t_last = time.perf_counter()  # nor is writing the trace
+            self._t_last = _now()  # nor is writing the trace
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """A named part of a step ("forward", "backward", "optimizer", "decode", "mask"): an NVTX range on
         CUDA, a torch.profiler label inside the trace window, and host time on CPU (where it is real time)."""
-        t0 = time.perf_counter()
+        t0 = _now()
         with self._range(name):
             yield
         if not self.cuda:  # GPU work is asynchronous: host time of a phase would mislead there
             ph = self._cur.phases
-            ph[name] = ph.get(name, 0.0) + time.perf_counter() - t0
+            ph[name] = ph.get(name, 0.0) + _now() - t0
 
     def close(self) -> dict[str, Any]:
         """Flush, stop the trace and the sampler, print the breakdown + verdict; returns the summary dict."""
@@ -369,12 +371,12 @@ class ProfileHook:
     # ---- internals ----------------------------------------------------------------------------------------
     def _begin_iteration(self) -> None:
         if self._t_last is None:
-            self._t_last = time.perf_counter()
+            self._t_last = _now()
         tw = self.trace_window
         if tw and self._prof is None and self.trace_path is None and self._steps == tw[0]:
-            t0 = time.perf_counter()
+            t0 = _now()
             self._start_trace()
-            self._t_last += time.perf_counter() - t0  # profiler start-up (seconds) is not the run's time
+            self._t_last += _now() - t0  # profiler start-up (seconds) is not the run's time
 
     @contextlib.contextmanager
     def _range(self, name: str) -> Iterator[None]:
