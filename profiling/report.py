@@ -64,10 +64,12 @@ def plot_throughput(docs: list[dict[str, Any]], out: Path) -> Path:
     has_gpu = any("gpu_util" in r or "dec_util" in r for d in docs for r in d["rows"])
     fig, axes = plt.subplots(2 if has_gpu else 1, 1, figsize=(8, 6 if has_gpu else 4), sharex=True, squeeze=False)
     ax = axes[0, 0]
+    colors = {}
     for d in docs:
         rows = d["rows"]
         x = [r["last_step"] for r in rows]
         (line,) = ax.plot(x, [r["clips_per_s"] for r in rows], marker="o", label=_label(d))
+        colors[d["_path"]] = line.get_color()
         warm = [r for r in rows if r.get("warmup")]
         ax.plot([r["last_step"] for r in warm], [r["clips_per_s"] for r in warm], "o", mfc="white",
                 color=line.get_color())  # fmt: skip
@@ -85,8 +87,9 @@ def plot_throughput(docs: list[dict[str, Any]], out: Path) -> Path:
             x = [r["last_step"] for r in d["rows"]]
             for key, style in (("gpu_util", "-"), ("dec_util", ":")):
                 if any(key in r for r in d["rows"]):
-                    g.plot(x, [r.get(key, float("nan")) for r in d["rows"]], style, label=f"{_label(d)} {key}")
-        g.set_ylabel("% (NVML)")
+                    vals = [r.get(key, float("nan")) for r in d["rows"]]
+                    g.plot(x, vals, style, color=colors[d["_path"]], label=f"{_label(d)} {key}")
+        g.set_ylabel("% (NVML; solid GPU, dotted NVDEC)")
         g.set_ylim(0, 100)
         g.grid(alpha=0.3)
         g.legend(fontsize=8)
@@ -101,9 +104,10 @@ def plot_throughput(docs: list[dict[str, Any]], out: Path) -> Path:
 def plot_breakdown(docs: list[dict[str, Any]], out: Path) -> Path:
     """One stacked bar per run: shares of wall time; mask worker time as a separate hatched bar below."""
     sums = [d["meta"]["summary"] for d in docs]
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 1.1 * len(sums)))
+    gap = 1.4  # room per run for its verdict line, shares bar and mask bar
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 1.3 * len(sums)))
     for i, s in enumerate(sums):
-        y, left = len(sums) - 1 - i, 0.0
+        y, left = gap * (len(sums) - 1 - i), 0.0
         for key, name, color in BREAKDOWN:
             w = 100 * s[key]
             ax.barh(y + 0.15, w, left=left, height=0.45, color=color, label=name if i == 0 else None)
@@ -116,9 +120,9 @@ def plot_breakdown(docs: list[dict[str, Any]], out: Path) -> Path:
         )  # noqa: E501
         ax.text(min(m, 100) + 1, y - 0.27, f"mask {m:.0f}% of wall (worker time)", va="center", fontsize=8)
         ax.text(0, y + 0.48, s["verdict"].split(";")[0], fontsize=8, va="bottom")
-    ax.set_yticks(range(len(sums)), [s.get("name", "?") for s in reversed(sums)])
+    ax.set_yticks([gap * i for i in range(len(sums))], [s.get("name", "?") for s in reversed(sums)])
     ax.set_xlim(0, 100)
-    ax.set_ylim(-0.6, len(sums) - 0.2 + 0.3)
+    ax.set_ylim(-0.6, gap * (len(sums) - 1) + 0.8)
     ax.set_xlabel("share of wall time (%)")
     ax.legend(loc="lower right", fontsize=8, ncols=4, bbox_to_anchor=(1.0, 1.0))
     ax.set_title(f"Where the time goes\n{_machine(docs[0])}", fontsize=10, loc="left")
