@@ -15,13 +15,24 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dali_pipes.adapter import DaliLoader, LoaderBase, TooManyBadVideos
 from dali_pipes.sampler import ClipSampler, ClipSpec
 from dali_pipes.sources import MaskMaker, twin_path
 
+if TYPE_CHECKING:
+    from dali_pipes.adapter import LoaderBase
+
 __all__ = ["build_loader", "ClipSampler", "ClipSpec", "LoaderBase", "TooManyBadVideos", "choose_path"]
+
+
+def __getattr__(name: str) -> Any:
+    # torch is imported on first use only: DALI's spawned workers import this package and need no torch
+    if name in ("LoaderBase", "TooManyBadVideos", "DaliLoader"):
+        from dali_pipes import adapter
+
+        return getattr(adapter, name)
+    raise AttributeError(f"module 'dali_pipes' has no attribute {name!r}")
 
 
 def _dali_available() -> bool:
@@ -77,6 +88,7 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
     """
     import torch
 
+    from dali_pipes.adapter import DaliLoader
     from mgm.filelist import read_list
 
     d, m, k = cfg.data, cfg.motion, cfg.mask
