@@ -194,9 +194,11 @@ class VideoFileError(Exception):
 
 
 def open_video(path: str) -> av.container.InputContainer:
-    """Open `path` for reading; raise VideoFileError (missing / unreadable / no_video_stream) otherwise."""
+    """Open `path` for reading; raise VideoFileError (missing / empty / unreadable / no_video_stream) otherwise."""
     if not os.path.isfile(path):
         raise VideoFileError("missing", "no such file")
+    if os.path.getsize(path) == 0:  # FFmpeg would only say "Invalid data found"
+        raise VideoFileError("empty", "file is empty (0 bytes)")
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
