@@ -335,6 +335,7 @@ class ProfileHook:
         out["gpu"] = {k: sum(v) / len(v) for k, v in self._gpu_sums.items()} or None
         out["gpu_note"] = self.gpu_note or None
         out["trace"] = str(self.trace_path) if self.trace_path else None
+        out["trace_steps"] = list(self.trace_window) if self.trace_path else None
         return out
 
     @staticmethod

@@ -31,18 +31,19 @@ BREAKDOWN = (("data_wait_share", "data wait", "#d62728"), ("compute_share", "com
 
 def load(paths: list[str | Path]) -> list[dict[str, Any]]:
     """Read bench JSON docs from files and folders; a file that is not one is named and skipped."""
-    files: list[Path] = []
+    files: list[tuple[Path, bool]] = []  # (file, named explicitly): folders also hold traces and configs
     for p in map(Path, paths):
-        files += sorted(p.glob("*.json")) if p.is_dir() else [p]
+        files += [(f, False) for f in sorted(p.glob("*.json"))] if p.is_dir() else [(p, True)]
     docs = []
-    for f in files:
+    for f, explicit in files:
         try:
             doc = json.loads(f.read_text())
         except (OSError, json.JSONDecodeError) as e:
             print(f"report: skipping {f}: {e}", file=sys.stderr)
             continue
         if not isinstance(doc, dict) or "bench" not in doc or "rows" not in doc:
-            print(f"report: skipping {f}: not a bench file (needs 'bench' and 'rows')", file=sys.stderr)
+            if explicit:
+                print(f"report: skipping {f}: not a bench file (needs 'bench' and 'rows')", file=sys.stderr)
             continue
         doc["_path"] = str(f)
         docs.append(doc)
@@ -76,6 +77,9 @@ def plot_throughput(docs: list[dict[str, Any]], out: Path) -> Path:
         s = d.get("meta", {}).get("summary")
         if s:
             ax.axhline(s["clips_per_s"], ls="--", lw=1, color=line.get_color())
+        if s and s.get("trace_steps"):  # the profiler slows those steps: say so on the plot
+            a, b = s["trace_steps"]
+            ax.axvspan(a - 0.5, b - 0.5, color=line.get_color(), alpha=0.12, label=f"{_label(d)} profiler window")
     ax.set_ylabel("clips / s")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

@@ -159,7 +159,7 @@ def test_trace_written_for_window(tmp_path: Path) -> None:
     hook = ProfileHook(out_dir=tmp_path, trace_steps=(1, 3), nvml=False, verbose=False)
     s, _ = run_loop(hook, 0.001, 0.002, steps=5, work=lambda: x @ x)
     path = tmp_path / "trace_steps1-3.json"
-    assert s["trace"] == str(path) and path.exists()
+    assert s["trace"] == str(path) and path.exists() and s["trace_steps"] == [1, 3]
     events = json.loads(path.read_text())["traceEvents"]
     names = [e.get("name") for e in events]
     assert names.count("step") == 2  # steps 1 and 2 only

@@ -100,3 +100,22 @@ def test_sample_profile_verdicts(tmp_path: Path) -> None:
 
 def test_report_cli_fails_on_nothing(tmp_path: Path) -> None:
     assert report.main([str(tmp_path), "--out", str(tmp_path / "plots")]) == 1
+
+
+def test_profile_train_smoke(tmp_path: Path, synth_list: Path, capsys) -> None:
+    """profile_train runs a few steps of the demo config through the real engine and loader."""
+    from profiling import profile_train
+
+    over = [f"data.train_list={synth_list}", "data.loader=cpu", "data.batch_size=2", "data.num_workers=1",
+            "data.input_size=64", "mask.name=tube"]  # fmt: skip
+    s = profile_train.main(
+        ["--cfg", "configs/demo.yaml", "--steps", "3", "--warmup", "1", "--out", str(tmp_path)] + over
+    )
+    assert s["steps"] == 2 and s["clips_per_s"] > 0
+    assert 0.0 <= s["data_wait_share"] <= 1.0 and s["verdict"]
+    out = capsys.readouterr().out
+    assert "verdict:" in out and "data wait" in out
+    doc = json.loads((tmp_path / "profile_train.json").read_text())
+    assert doc["bench"] == "profile_train" and len(doc["rows"]) == 3 and doc["meta"]["summary"]["steps"] == 2
+    assert not (tmp_path / "checkpoints").exists()
+    assert report.make_report([tmp_path], tmp_path / "plots")
