@@ -28,6 +28,28 @@ import numpy as np
 FAST_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
 _PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType values
 _UNIT = 4  # rasterization step: the smallest H.264 block side
+# FFmpeg's AVMotionVector (libavutil/motion_vector.h), as PyAV's to_ndarray() describes it
+_MV_DTYPE = np.dtype(
+    {
+        "names": [
+            "source",
+            "w",
+            "h",
+            "src_x",
+            "src_y",
+            "dst_x",
+            "dst_y",
+            "flags",
+            "motion_x",
+            "motion_y",
+            "motion_scale",
+        ],
+        "formats": ["<i4", "u1", "u1", "<i2", "<i2", "<i2", "<i2", "<u8", "<i4", "<i4", "<u2"],
+        "offsets": [0, 4, 5, 6, 8, 10, 12, 16, 24, 28, 32],
+        "itemsize": 40,
+        "aligned": True,
+    }
+)
 
 
 class MotionReadError(RuntimeError):
@@ -125,30 +147,36 @@ def span_of(frame_indices: Sequence[int], num_frames: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, num_frames)
 
 
-@dataclass(frozen=True)
-class _Index:
-    pts: np.ndarray  # presentation timestamps in presentation order
-    keyframes: np.ndarray  # presentation indices of key frames, ascending
+@dataclass
+class _Packets:
+    """A file's video packets in decode order, with the presentation index of each (None if unusable)."""
+
+    packets: list  # av.Packet, decode order
+    index: np.ndarray | None  # presentation index of each packet (decode order), or None without timestamps
+    reordered: bool  # some packet is presented before one decoded earlier: the stream has B-frames
+    complete: bool  # demuxing reached the end of the file without an error and found every promised frame
+    error: str = ""
 
 
-@functools.lru_cache(maxsize=64)
-def _packet_index(path: str, mtime_ns: int, size: int) -> _Index | None:
-    """Timestamps and key frames from demuxing only (no decode); None when timestamps are unusable."""
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        pts, keys = [], []
+def _demux(container: av.container.InputContainer, stream: av.VideoStream) -> _Packets:
+    packets, error = [], ""
+    try:
         for pkt in container.demux(stream):
-            if pkt.size == 0:
-                continue
-            if pkt.pts is None:
-                return None
-            pts.append(pkt.pts)
-            keys.append(pkt.is_keyframe)
-    order = np.argsort(pts, kind="stable")
-    pts_sorted = np.asarray(pts, np.int64)[order]
-    if len(np.unique(pts_sorted)) != len(pts_sorted):
-        return None
-    return _Index(pts_sorted, np.flatnonzero(np.asarray(keys, bool)[order]))
+            if pkt.size:
+                packets.append(pkt)
+    except av.FFmpegError as e:  # keep what came before the damage: the frames read are worth reporting
+        error = str(e)
+    promised = stream.frames or 0
+    complete = not error and len(packets) >= promised
+    if not error and promised and len(packets) < promised:
+        error = f"the header promises {promised} frames, the file holds {len(packets)}"
+    pts = [p.pts for p in packets]
+    if not packets or any(p is None for p in pts) or len(set(pts)) != len(pts):
+        return _Packets(packets, None, False, complete, error)
+    pts_arr = np.asarray(pts, np.int64)
+    index = np.empty(len(pts_arr), np.int64)
+    index[np.argsort(pts_arr, kind="stable")] = np.arange(len(pts_arr))
+    return _Packets(packets, index, bool((np.diff(pts_arr) < 0).any()), complete, error)
 
 
 def _rasterize(
@@ -204,21 +232,6 @@ def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
     energy[gaps] = energy[src[gaps]]
 
 
-def _open(path: str, fast: bool, threads: int) -> tuple[av.container.InputContainer, av.VideoStream]:
-    container = av.open(path)
-    if not container.streams.video:
-        container.close()
-        raise MotionReadError(path, 0, "no video stream")
-    stream = container.streams.video[0]
-    opts = {"flags2": "+export_mvs"}
-    if fast:
-        opts.update(FAST_OPTIONS)
-    stream.codec_context.options = opts
-    stream.thread_type = "SLICE"
-    stream.thread_count = max(threads, 1)
-    return container, stream
-
-
 def read_span(
     path: str,
     start: int,
@@ -233,86 +246,106 @@ def read_span(
 
     Returns the MotionField of frames [start, stop) (first_frame = start) and {index: (H, W, 3) uint8 RGB} for
     the indices in `keep` inside the span. stop=None reads to the end. camera=True subtracts each frame's
-    dominant (area-weighted median) motion, so a camera pan does not light up the whole frame. Raises
+    dominant (area-weighted median) motion, so a camera pan does not light up the whole frame. threads > 1 uses
+    frame threads on streams without B-frames (same vectors, tested) and slice threads otherwise. Raises
     MotionReadError (naming the file and the frames read) when the file cannot be opened or ends before `stop`.
     """
     path = os.fspath(path)
     keep = frozenset(int(k) for k in keep)
     try:
-        st = os.stat(path)
-        index = _packet_index(path, st.st_mtime_ns, st.st_size)
+        container = av.open(path)
     except (OSError, av.FFmpegError) as e:
         raise MotionReadError(path, 0, f"cannot open: {e}") from e
-    total = len(index.pts) if index is not None else None
-    stop = total if stop is None else (min(stop, total) if total is not None else stop)
-    if stop is not None and stop <= start:
-        raise ValueError(f"{path}: empty span [{start}, {stop})")
+    with container:
+        if not container.streams.video:
+            raise MotionReadError(path, 0, "no video stream")
+        stream = container.streams.video[0]
+        pk = _demux(container, stream)
+        # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`: its
+        # P-frame vectors are predicted from neighbouring vectors only, never from reference pixels, so they come
+        # out identical (tested) while the frames from the key frame up to `start` are not decoded at all.
+        mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
+        flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
+        stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
+        # frame threads drop B-frames' second-direction vectors, so they only serve B-free streams
+        stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
+        stream.thread_count = max(threads, 1)
+        total = len(pk.packets) if pk.complete else None
+        stop = (total if stop is None else min(stop, total)) if total is not None else stop
+        if stop is not None and stop <= start:
+            raise ValueError(f"{path}: empty span [{start}, {stop})")
+        first_packet, index = 0, pk.index
+        if mid_gop:
+            first_packet = int(np.flatnonzero(index == start)[0]) if start > 0 else 0
+        elif index is not None and start > 0:
+            keys = [j for j, p in enumerate(pk.packets) if p.is_keyframe and index[j] <= start]
+            first_packet = max(keys, key=lambda j: index[j]) if keys else 0
+        decoded, frames = _decode(path, stream, pk, first_packet, start, stop, keep)
+    records, rec_frame, types, rgb, last, size = frames
+    if size is None:
+        raise MotionReadError(path, decoded, pk.error or "no frame could be decoded")
+    end = stop if stop is not None else last + 1
+    if last + 1 < end or (stop is None and not pk.complete):
+        raise MotionReadError(path, decoded, pk.error or f"stream ended at frame {last + 1}, expected {end}")
+    total = total if total is not None else max(last + 1, end)
+    field = _build_field(records, rec_frame, types, start, end, last, cell, size, total, camera)
+    return field, rgb
 
-    seek_to = 0
-    if index is not None and start > 0 and len(index.keyframes):
-        before = index.keyframes[index.keyframes <= start]
-        seek_to = int(before[-1]) if len(before) else 0
-    pts_to_idx = {int(p): i for i, p in enumerate(index.pts)} if index is not None else None
 
-    fast = not keep
-    records: list[np.ndarray] = []  # vectors of frames >= start
+def _decode(
+    path: str,
+    stream: av.VideoStream,
+    pk: _Packets,
+    first_packet: int,
+    start: int,
+    stop: int | None,
+    keep: frozenset[int],
+) -> tuple[int, tuple]:
+    """Feed packets from `first_packet` (a key frame) on; collect vectors of frames >= start, RGB of `keep`."""
+    records: list[np.ndarray] = []  # raw AVMotionVector bytes of frames >= start
     rec_frame: list[int] = []  # absolute index of each record
     types: dict[int, int] = {}
     rgb: dict[int, np.ndarray] = {}
-    decoded = 0
-    last = -1
-    size = None
+    decoded, last, size, counter = 0, -1, None, 0
+    first = int(pk.index[first_packet]) if pk.index is not None else 0
+    pts_to_idx = (
+        {int(p.pts): int(i) for p, i in zip(pk.packets, pk.index, strict=True)} if pk.index is not None else None
+    )
+    tail_anchor = tail_vectors = False  # past `stop`: seen an anchor / a frame with vectors
+    cc = stream.codec_context
     try:
-        container, stream = _open(path, fast, threads)
-    except av.FFmpegError as e:
-        raise MotionReadError(path, 0, f"cannot open: {e}") from e
-    with container:
-        try:
-            if seek_to > 0:
-                container.seek(int(index.pts[seek_to]), stream=stream, backward=True, any_frame=False)
-            counter = seek_to
-            tail_anchor = tail_vectors = False  # past `stop`: seen an anchor / a frame with vectors
-            for frame in container.decode(stream):
-                i = counter
-                if pts_to_idx is not None and frame.pts is not None:
-                    i = pts_to_idx.get(int(frame.pts), -1)
-                    if i < 0:
-                        continue
+        for packet in [*pk.packets[first_packet:], None]:
+            for frame in cc.decode(packet):
+                i = counter if pts_to_idx is None else pts_to_idx.get(frame.pts, -1)
+                if i < first:
+                    continue  # a leading frame of an open GOP, or garbage without a timestamp
                 counter = i + 1
                 decoded += 1
-                last = i
+                last = max(last, i)
                 size = size or (frame.height, frame.width)
                 kind = int(frame.pict_type)
                 types[i] = kind
                 if i < start:
                     continue
                 sd = frame.side_data.get("MOTION_VECTORS")
-                vecs = sd.to_ndarray() if sd is not None else None
-                if vecs is not None and len(vecs):
+                vecs = np.frombuffer(sd, np.uint8) if sd is not None else None  # no per-record Python objects
+                has = vecs is not None and vecs.size > 0
+                if has:
                     records.append(vecs)
                     rec_frame.append(i)
                 if stop is not None and i >= stop:
-                    # A few frames past the span fix how its last frames are filled and weighted exactly as in
-                    # a full read: the next frame with vectors (for a trailing key frame), the next anchor (for
-                    # trailing B-frames).
-                    tail_vectors |= vecs is not None and len(vecs) > 0
+                    # A few frames past the span make its last frames filled and weighted exactly as in a full
+                    # read: the next frame with vectors (for a trailing key frame), the next anchor (B-frames).
+                    tail_vectors |= has
                     tail_anchor |= kind != _PICT_B
                     if (tail_vectors and tail_anchor) or i - stop >= 16:
-                        break
+                        return decoded, (records, rec_frame, types, rgb, last, size)
                     continue
                 if i in keep:
                     rgb[i] = frame.to_ndarray(format="rgb24")
-        except av.FFmpegError as e:
-            raise MotionReadError(path, decoded, str(e)) from e
-    if size is None:
-        raise MotionReadError(path, 0, "no frame could be decoded")
-    end = stop if stop is not None else last + 1
-    if last + 1 < end or (stop is None and total is not None and last + 1 < total):
-        raise MotionReadError(path, decoded, f"stream ended at frame {last + 1}, expected {end if stop else total}")
-    if total is None:
-        total = max(last + 1, end)
-    field = _build_field(records, rec_frame, types, start, end, last, cell, size, total, camera)
-    return field, rgb
+    except av.FFmpegError as e:
+        raise MotionReadError(path, decoded, str(e)) from e
+    return decoded, (records, rec_frame, types, rgb, last, size)
 
 
 def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -354,8 +387,10 @@ def _build_field(
 
     has = np.zeros(n, bool)
     if records:
-        mv = np.concatenate(records)
-        fid = np.repeat(np.asarray(rec_frame, np.int64), [len(r) for r in records])  # absolute frame of each vector
+        mv = np.concatenate(records).view(_MV_DTYPE)
+        fid = np.repeat(
+            np.asarray(rec_frame, np.int64), [len(r) // _MV_DTYPE.itemsize for r in records]
+        )  # absolute frame of each vector
         j = fid - base
         past = np.where(prev_anchor[j] > -(10**9), fid - prev_anchor[j], 1)
         fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - fid, 1)
