@@ -120,10 +120,14 @@ def test_fast_decoder_options_give_identical_vectors(synth_clips: dict[str, Path
             assert len(got) == len(ref)
             for a, b in zip(ref, got, strict=True):
                 assert np.array_equal(a, b)
-    # and the reader itself: exact (pixel) decode path == fast path
-    fast = read_motion(str(bframe_clip))
-    exact, _ = read_span(str(bframe_clip), 0, None, keep=[0])
-    np.testing.assert_array_equal(fast.energy, exact.energy)
+    # and the reader itself: exact (pixel) decode path == fast path; threads (frame threads on the B-free clip,
+    # slice threads on the B-frame one) == one thread, for whole files and mid-GOP spans
+    for clip in (synth_clips["single"], bframe_clip):
+        fast = read_motion(str(clip))
+        exact, _ = read_span(str(clip), 0, None, keep=[0])
+        np.testing.assert_array_equal(fast.energy, exact.energy)
+        np.testing.assert_array_equal(read_motion(str(clip), threads=2).energy, fast.energy)
+        np.testing.assert_array_equal(read_motion(str(clip), threads=2, start=21, stop=45).energy, fast.energy[21:45])
 
 
 def test_frame_numbering_and_rgb_match_pyav_decode_order(synth_clips: dict[str, Path], bframe_clip: Path) -> None:
