@@ -205,3 +205,14 @@ def test_hook_from_config() -> None:
     assert isinstance(hook, ProfileHook) and hook.interval == 7 and hook.trace_window is None
     cfg.profiling.enabled = False
     assert hook_from_config(cfg, out_dir=None, device="cpu") is None
+
+
+@pytest.mark.gpu
+def test_cuda_events_nvml_and_nvtx(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    x = torch.randn(2048, 2048, device="cuda")
+    hook = ProfileHook(out_dir=tmp_path, device="cuda", interval=2, warmup=1, trace_steps=(2, 3), verbose=False)
+    s, _ = run_loop(hook, 0.01, 0.0, steps=5, work=lambda: [x @ x for _ in range(20)])
+    assert s["step_time_source"] == "cuda_events" and s["step_s"] > 0
+    assert s["gpu"] is not None and "gpu_util" in s["gpu"] and "mem_used_mb" in s["gpu"], s["gpu_note"]
+    assert (tmp_path / "trace_steps2-3.json").exists()
