@@ -24,15 +24,19 @@ from dali_pipes.sources import BadVideoError, MaskMaker, with_replacement
 def crop_resize(
     frames: torch.Tensor, spec: ClipSpec, size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box, resize, flip, normalize (mean/std in 0..1)."""
+    """(T, H, W, 3) uint8 frames -> (3, T, size, size) float32: crop box, resize, flip, normalize (mean/std in 0..1).
+
+    The resize runs on uint8 in channels-last layout (torch's vectorized antialiased bilinear path, ~10x faster
+    than float NCHW) and rounds to uint8 like DALI's resize of uint8 frames does.
+    """
     x, y, w, h = spec.crop
-    clip = frames[:, y : y + h, x : x + w].permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    clip = frames[:, y : y + h, x : x + w].permute(0, 3, 1, 2)  # (T, 3, h, w) view, channels-last in memory
     clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    if spec.flip:
-        clip = clip.flip(-1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    return ((clip - m) / s).transpose(0, 1).contiguous()  # (3, T, S, S)
+    clip = clip.permute(1, 0, 2, 3)  # (3, T, S, S)
+    clip = clip.flip(-1) if spec.flip else clip.contiguous()
+    out = clip.float()
+    out.sub_(torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
+    return out.div_(torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
 
 
 class ClipDataset(Dataset):

@@ -1,0 +1,129 @@
+"""Clips/s of every way to load VideoMAE clips, side by side, in one run on this machine.
+
+Same clips (synthetic 320x240, 60 frames, GOP 16, no B-frames; H.264 + VP9 twins), same clip recipe (16 frames
+at stride 2, multi-scale crop to 224, normalize, mask), same worker count and batch size for every row:
+- dali-cpu:   DALI's CPU decoder on the VP9 twins (dali_pipes, what runs without a GPU)
+- cpu:        dali_pipes' PyAV fallback on the H.264 originals
+- *+mgm:      the same with motion-guided masks from online motion-vector reads (fallback: same decode; DALI:
+              a second, motion-only read of the H.264 in the workers)
+- videomae:   the VideoMAE-style per-item loader (profiling/baseline_videomae.py), tube masks in numpy
+- torchcodec: VideoDecoder.get_frames_at, decode only, no transforms (only when importable)
+
+    python profiling/bench_decode.py [--clips 32 --batch 4 --batches 12 --workers 2 --rounds 3 --out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from profiling.report_format import emit
+
+
+def run_loader(name: str, make: Callable[[], Any], batches: int, batch_size: int) -> dict[str, Any]:
+    """Start-up seconds (building the loader to its first batch) and clips/s over the next `batches` batches;
+    epochs repeat on the same loader object, so worker start-up is paid once."""
+    loader = make()
+    t0 = time.perf_counter()
+    it = iter(loader)
+    next(it)
+    startup = time.perf_counter() - t0
+    n, t1 = 0, time.perf_counter()
+    while n < batches:
+        for _ in it:
+            n += 1
+            if n == batches:
+                break
+        else:
+            it = iter(loader)  # next epoch, same workers
+    secs = time.perf_counter() - t1
+    getattr(loader, "close", lambda: None)()
+    return {"loader": name, "clips_per_s": batches * batch_size / secs, "startup_s": startup}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="/tmp/mgm_bench_decode", help="folder for the synthetic clips (made once)")
+    ap.add_argument("--clips", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=12, help="timed batches per row, after one warm-up batch")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="each row runs this many times; the median is reported")
+    ap.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
+    ap.add_argument("--out", default="runs/bench_decode.json")
+    args = ap.parse_args()
+
+    import torch
+
+    from dali_pipes import build_loader
+    from mgm.config import load_config
+    from mgm.filelist import read_list
+    from mgm.synth import make_dataset
+    from profiling.baseline_videomae import baseline_loader
+
+    torch.set_num_threads(1)  # the workers do the work; the main process only collates
+    csv = make_dataset(args.data, num=args.clips, seed=0)
+    entries = read_list(csv)
+
+    def ours(loader: str, mask: str) -> Callable[[], Any]:
+        ov = [f"data.train_list={csv}", f"data.loader={loader}", "data.dali_device=cpu",
+              f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", f"mask.name={mask}",
+              "motion.source=online"]  # fmt: skip
+        return lambda: build_loader(load_config(None, ov))
+
+    rows_to_run: dict[str, Callable[[], Any]] = {
+        "dali-cpu (VP9)": ours("dali", "tube"),
+        "cpu fallback (H.264)": ours("cpu", "tube"),
+        "videomae baseline (H.264)": lambda: baseline_loader(
+            [e.path for e in entries], [e.num_frames for e in entries], batch_size=args.batch, num_workers=args.workers
+        ),  # fmt: skip
+        "cpu fallback (H.264) +mgm": ours("cpu", "mgm"),
+        "dali-cpu (VP9) +mgm": ours("dali", "mgm"),
+    }
+    try:
+        from torchcodec.decoders import VideoDecoder  # optional baseline: decode only
+
+        def torchcodec_loader() -> Any:
+            from torch.utils.data import DataLoader, Dataset
+
+            class Decode(Dataset):
+                def __len__(self) -> int:
+                    return len(entries)
+
+                def __getitem__(self, i: int) -> Any:
+                    start = int(np.random.default_rng(i).integers(0, entries[i].num_frames - 31))
+                    return VideoDecoder(entries[i].path).get_frames_at(list(range(start, start + 32, 2))).data
+
+            return DataLoader(Decode(), batch_size=args.batch, num_workers=args.workers, drop_last=True,
+                              persistent_workers=args.workers > 0)  # fmt: skip
+
+        rows_to_run["torchcodec (H.264, decode only)"] = torchcodec_loader
+    except Exception:  # not installed, or its FFmpeg libraries are missing
+        pass
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    names = [n for n in rows_to_run if not only or any(o in n for o in only)]
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for _ in range(args.rounds):  # rounds interleave the rows, so a busy spell on the machine hits all of them
+        for name in names:
+            runs[name].append(run_loader(name, rows_to_run[name], args.batches, args.batch))
+    rows = []
+    for name, rs in runs.items():
+        rates = sorted(r["clips_per_s"] for r in rs)
+        rows.append({"loader": name, "clips_per_s": float(np.median(rates)), "min": rates[0], "max": rates[-1],
+                     "startup_s": float(np.median([r["startup_s"] for r in rs]))})  # fmt: skip
+    base = next((r["clips_per_s"] for r in rows if r["loader"].startswith("videomae")), None)
+    for r in rows:
+        r["x_baseline"] = r["clips_per_s"] / base if base else float("nan")
+    meta = {"clips": args.clips, "size": "320x240", "frames": 60, "gop": 16, "clip": "16 frames stride 2 -> 224",
+            "batch": args.batch, "timed_batches": args.batches, "workers": args.workers, "rounds": args.rounds,
+            "cores": len(os.sched_getaffinity(0))}  # fmt: skip
+    emit("bench_decode", rows, out=args.out, meta=meta)
+
+
+if __name__ == "__main__":
+    main()
