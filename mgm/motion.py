@@ -360,6 +360,59 @@ def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, g
     return np.where(total > 0, out, 0.0)
 
 
+def _magnitudes(
+    mv: np.ndarray, fid: np.ndarray, start: int, n: int, anchors: tuple, has_b: bool, camera: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which vectors move and by how much: (indices into mv, float32 pixels per frame).
+
+    Only vectors that are non-zero (or, with a moving camera, all of the frame's) are touched one by one: a still
+    background is mostly zero vectors, summed per frame for the camera estimate.
+    """
+    j_all, prev_anchor, next_anchor = anchors
+    rel_all = fid - start
+    share_all = None
+    if has_b:  # a bi-predicted block is exported once per direction: count it once
+        key = (
+            (fid << 40)
+            | (mv["dst_x"].astype(np.int64) + 2**15 << 24)
+            | (mv["dst_y"].astype(np.int64) + 2**15 << 8)
+            | (mv["w"].astype(np.int64) // 4 << 4)
+            | mv["h"].astype(np.int64) // 4
+        )
+        _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+        share_all = 1.0 / counts[inv]
+    moving = (mv["motion_x"] != 0) | (mv["motion_y"] != 0)
+    sel = np.flatnonzero(moving)
+    m, j, f = mv[sel], j_all[sel], fid[sel]
+    past = np.where(prev_anchor[j] > -(10**9), f - prev_anchor[j], 1)
+    fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - f, 1)
+    dist = np.maximum(np.where(m["source"] > 0, fut, past), 1)
+    # velocity in pixels per frame; vectors into the future point the other way
+    step = np.where(m["source"] > 0, -1.0, 1.0) / (dist * np.maximum(m["motion_scale"], 1))
+    vx, vy = m["motion_x"] * step, m["motion_y"] * step
+    share = share_all[sel] if share_all is not None else 1.0
+    mag = np.hypot(vx, vy) * share
+    if camera:  # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top
+        area_all = mv["w"].astype(np.float64) * mv["h"]
+        if share_all is not None:
+            area_all *= share_all
+        still_area = np.bincount(rel_all, weights=area_all, minlength=n) - np.bincount(
+            rel_all[sel], weights=area_all[sel], minlength=n
+        )
+        groups = np.concatenate([rel_all[sel], np.arange(n)])  # every still block votes (0, 0), summed per frame
+        weights = np.concatenate([area_all[sel], np.maximum(still_area, 0)])
+        cam_x = _weighted_median(groups, np.concatenate([vx, np.zeros(n)]), weights, n)
+        cam_y = _weighted_median(groups, np.concatenate([vy, np.zeros(n)]), weights, n)
+        rel = rel_all[sel]
+        mag = np.hypot(vx - cam_x[rel], vy - cam_y[rel]) * share
+        cam = np.hypot(cam_x, cam_y)
+        if cam.any():  # with the camera moving, still blocks move against it
+            extra = np.flatnonzero(~moving & (cam[rel_all] > 0))
+            extra_mag = cam[rel_all[extra]] * (share_all[extra] if share_all is not None else 1.0)
+            sel, mag = np.concatenate([sel, extra]), np.concatenate([mag, extra_mag])
+    return sel, mag.astype(np.float32)
+
+
 def _build_field(
     records: list[np.ndarray],
     rec_frame: list[int],
@@ -388,34 +441,12 @@ def _build_field(
     has = np.zeros(n, bool)
     if records:
         mv = np.concatenate(records).view(_MV_DTYPE)
-        fid = np.repeat(
-            np.asarray(rec_frame, np.int64), [len(r) // _MV_DTYPE.itemsize for r in records]
-        )  # absolute frame of each vector
-        j = fid - base
-        past = np.where(prev_anchor[j] > -(10**9), fid - prev_anchor[j], 1)
-        fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - fid, 1)
-        dist = np.maximum(np.where(mv["source"] > 0, fut, past), 1)
-        # velocity in pixels per frame; vectors into the future point the other way
-        step = np.where(mv["source"] > 0, -1.0, 1.0) / (dist * np.maximum(mv["motion_scale"], 1))
-        vx, vy = mv["motion_x"] * step, mv["motion_y"] * step
-        share = np.ones(len(mv))
-        if has_b:  # a bi-predicted block is exported once per direction: count it once
-            key = (
-                (fid << 40)
-                | (mv["dst_x"].astype(np.int64) + 2**15 << 24)
-                | (mv["dst_y"].astype(np.int64) + 2**15 << 8)
-                | (mv["w"].astype(np.int64) // 4 << 4)
-                | mv["h"].astype(np.int64) // 4
-            )
-            _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-            share = 1.0 / counts[inv]
-        if camera:  # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top
-            area = mv["w"].astype(np.float64) * mv["h"] * share
-            vx = vx - _weighted_median(fid - start, vx, area, n)[fid - start]
-            vy = vy - _weighted_median(fid - start, vy, area, n)[fid - start]
-        mag = (np.hypot(vx, vy) * share).astype(np.float32)
+        counts = [len(r) // _MV_DTYPE.itemsize for r in records]
+        fid = np.repeat(np.asarray(rec_frame, np.int64), counts)  # absolute frame of each vector
+        dist = (fid - base, prev_anchor, next_anchor)
+        sel, mag = _magnitudes(mv, fid, start, n, dist, has_b, camera)
         has[np.asarray(rec_frame) - start] = True
-        energy = _rasterize(fid - start, mv, mag, n, cell, size)
+        energy = _rasterize(fid[sel] - start, mv[sel], mag, n, cell, size)
     else:
         energy = np.zeros((n, -(-size[0] // cell), -(-size[1] // cell)), np.float32)
     _fill_gaps(energy, has)
