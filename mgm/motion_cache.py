@@ -3,7 +3,8 @@
 Layout of a cache folder (written by `build_cache`, i.e. `mgm-prepare motion --list FILE --out DIR`):
 
     DIR/meta.json            {"version", "cell", "camera", "root": the list's folder at build time}
-    DIR/<key>.npz            energy float16 (frames, rows, cols), frame_size, cell, has_vectors, num_frames
+    DIR/<key>.npz            energy float16 (frames, rows, cols) and meta int64 (version, cell, H, W,
+                             has_vectors, num_frames, first_frame), zlib-compressed
     DIR/failures.csv         path,reason of the videos that could not be read (rewritten by every run)
 
 The key of a video is its path relative to the folder of the list it came from (the list's own `path` column),
@@ -26,7 +27,7 @@ import numpy as np
 
 from mgm.motion import MotionField, MotionReadError, read_motion
 
-VERSION = 1
+VERSION = 2
 
 
 def cache_key(path: str | os.PathLike, root: str | os.PathLike) -> str:
@@ -49,15 +50,12 @@ def save_record(path: str | os.PathLike, field: MotionField) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
+    meta = [VERSION, field.cell, *field.frame_size, field.has_vectors, field.num_frames, field.first_frame]
+    # two members only: every extra one costs a zip lookup per read
     np.savez_compressed(
         buf,
         energy=field.energy.astype(np.float16),  # cells hold pixels/frame: float16 keeps ~3 significant digits
-        frame_size=np.asarray(field.frame_size, np.int32),
-        cell=np.int32(field.cell),
-        has_vectors=np.bool_(field.has_vectors),
-        num_frames=np.int64(field.num_frames),
-        first_frame=np.int64(field.first_frame),
-        version=np.int32(VERSION),
+        meta=np.asarray(meta, np.int64),  # version, cell, H, W, has_vectors, num_frames, first_frame
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -70,14 +68,11 @@ def save_record(path: str | os.PathLike, field: MotionField) -> None:
 def load_record(path: str | os.PathLike) -> MotionField:
     """Read a record written by `save_record` back into a MotionField (energy as float32)."""
     with np.load(path) as z:
-        return MotionField(
-            energy=z["energy"].astype(np.float32),
-            cell=int(z["cell"]),
-            frame_size=(int(z["frame_size"][0]), int(z["frame_size"][1])),
-            has_vectors=bool(z["has_vectors"]),
-            num_frames=int(z["num_frames"]),
-            first_frame=int(z["first_frame"]),
-        )
+        energy, meta = z["energy"], z["meta"]
+    version, cell, h, w, has_vectors, num_frames, first_frame = (int(v) for v in meta)
+    if version != VERSION:
+        raise ValueError(f"{path}: motion record version {version}, this code reads {VERSION}; rebuild the cache")
+    return MotionField(energy.astype(np.float32), cell, (h, w), bool(has_vectors), num_frames, first_frame)
 
 
 class MotionCache:
