@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -162,9 +163,68 @@ _CHOICES = {
 }
 
 
+# Allowed range of numeric keys, inclusive; None = unbounded. A list key checks each of its items.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.num_frames": (1, None),
+    "data.stride": (1, None),
+    "data.input_size": (1, None),
+    "data.crop_scales": (1e-3, 1.0),
+    "data.batch_size": (1, None),
+    "data.num_workers": (0, None),
+    "data.std": (1e-6, None),
+    "data.max_bad_fraction": (0.0, 1.0),
+    "motion.cell": (1, None),
+    "motion.threads": (1, None),
+    "model.tubelet": (1, None),
+    "model.patch": (1, None),
+    "model.decoder_depth": (1, None),
+    "model.decoder_dim": (1, None),
+    "model.decoder_heads": (1, None),
+    "model.drop_path": (0.0, 1.0),
+    "optim.base_lr": (0.0, None),
+    "optim.min_lr": (0.0, None),
+    "optim.weight_decay": (0.0, None),
+    "optim.betas": (0.0, 1.0),
+    "optim.warmup_epochs": (0.0, None),
+    "optim.clip_grad": (0.0, None),
+    "optim.accum_steps": (1, None),
+    "train.epochs": (1, None),
+    "train.max_steps": (0, None),
+    "train.ckpt_every": (1, None),
+    "train.keep_last": (0, None),
+    "train.max_bad_loss": (0, None),
+    "train.log_every": (1, None),
+    "profiling.trace_steps": (0, None),
+    "profiling.interval": (1, None),
+}
+_LENGTHS = {"data.mean": 3, "data.std": 3, "optim.betas": 2, "profiling.trace_steps": 2}
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every number finite and inside its range (_RANGES), lists of the right length, crop_scales non-empty."""
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj):
+            key, value = f"{section.name}.{f.name}", getattr(obj, f.name)
+            items = value if isinstance(value, list) else [value]
+            if key in _LENGTHS and len(items) != _LENGTHS[key]:
+                raise ConfigError(f"{key}: expected {_LENGTHS[key]} values, got {value!r}")
+            if key == "data.crop_scales" and not items:
+                raise ConfigError(f"{key}: give at least one scale, e.g. [1.0, 0.875, 0.75, 0.66]")
+            lo, hi = _RANGES.get(key, (None, None))
+            for v in items:
+                if isinstance(v, bool) or not isinstance(v, int | float):
+                    continue
+                if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+                    bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+                    raise ConfigError(f"{key}: {v!r} is outside the allowed range {bounds}")
+
+
 def derive(cfg: Config) -> Derived:
     """Token grid and mask counts for a (num_frames x input_size^2) clip cut into tubelet x patch^2 tokens."""
     d, m = cfg.data, cfg.model
+    if m.tubelet < 1 or m.patch < 1:
+        raise ConfigError(f"model.tubelet={m.tubelet} and model.patch={m.patch} must be positive")
     if d.num_frames % m.tubelet or d.input_size % m.patch:
         raise ConfigError(
             f"data.num_frames={d.num_frames} must divide by model.tubelet={m.tubelet} and "
@@ -244,7 +304,7 @@ def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
         raise ConfigError(f"'{dotted}' in {source}: keys have the form section.key.{_closest(dotted, every)}")
     section, key = parts
     if section not in sections:
-        raise ConfigError(f"unknown section '{section}' in {source}.{_closest(section, sections)}")
+        raise ConfigError(f"unknown section '{section}' (key '{dotted}') in {source}.{_closest(section, sections)}")
     obj = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if key not in fields:
@@ -273,9 +333,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' on the command line: expected section.key=value")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override '{text}' on the command line: expected section.key=value, the key is empty")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, RecursionError) as e:
         raise ConfigError(f"override '{text}' on the command line: value is not valid YAML ({e})") from None
     return key.strip(), value
 
@@ -288,17 +350,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read as UTF-8 text ({e})") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except (yaml.YAMLError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+            raise ConfigError(f"{path}: not valid YAML ({str(e)[:500]})") from None
         for key, value in _flatten(tree, str(path)):
             _set(cfg, key, value, str(path))
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value, "the command line")
-    derive(cfg)  # fail now, not mid-run, on an impossible grid
-    if not 0.0 < cfg.mask.ratio < 1.0:
+    if not 0.0 < cfg.mask.ratio < 1.0:  # also rejects nan
         raise ConfigError(f"mask.ratio: {cfg.mask.ratio} must lie strictly between 0 and 1")
+    _check_ranges(cfg)
+    g = derive(cfg)  # fail now, not mid-run, on an impossible grid
+    if g.masked_per_slot in (0, g.tokens_per_slot):
+        raise ConfigError(
+            f"mask.ratio={cfg.mask.ratio} masks {g.masked_per_slot} of the {g.tokens_per_slot} tokens of each "
+            f"slot ({g.grid[1]}x{g.grid[2]} grid from data.input_size / model.patch): nothing to learn from"
+        )
     return cfg
 
 
