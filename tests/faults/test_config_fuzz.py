@@ -31,7 +31,9 @@ scalars = st.one_of(
     st.sampled_from(["auto", "cpu", "dali", "mgm", "tube", "tiny", "loop", "bf16", "float32", ""]),
 )
 values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3), 8
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
 )
 key_names = st.one_of(st.sampled_from(KEYS), st.text(alphabet=string.ascii_lowercase + "._", min_size=0, max_size=16))
 
