@@ -114,8 +114,10 @@ class MotionField:
         frames, slot = self.slot_frames(frame_indices)
         idx = frames - self.first_frame
         ok = (idx >= 0) & (idx < n)
-        sums = np.zeros((t2,) + self.energy.shape[1:], np.float32)
-        np.add.at(sums, slot[ok], self.energy[idx[ok]])  # (T2, rows, cols)
+        onehot = np.zeros((t2, int(ok.sum())), np.float32)  # (T2, K): which slot each valid frame feeds
+        onehot[slot[ok], np.arange(onehot.shape[1])] = 1.0
+        rows, cols = self.energy.shape[1:]
+        sums = (onehot @ self.energy[idx[ok]].reshape(-1, rows * cols)).reshape(t2, rows, cols)
         h, w = self.frame_size
         x, y, cw, ch = crop if crop is not None else (0, 0, w, h)
         ry = _resample_matrix(y, ch, hp, self.cell, sums.shape[1], h)  # (Hp, rows)
@@ -189,22 +191,33 @@ def _rasterize(
     """
     h, w = size
     rows, cols = -(-h // cell), -(-w // cell)
-    unit = math.gcd(cell, _UNIT)
-    bw = np.maximum(mv["w"].astype(np.int64) // unit, 1)
-    bh = np.maximum(mv["h"].astype(np.int64) // unit, 1)
-    x0 = (mv["dst_x"].astype(np.int64) - mv["w"] // 2) // unit
-    y0 = (mv["dst_y"].astype(np.int64) - mv["h"] // 2) // unit
     keep = mag > 0  # zero vectors add nothing: most of a still background
-    bw, bh, x0, y0, mag, fid = bw[keep], bh[keep], x0[keep], y0[keep], mag[keep], frame_ids[keep]
+    bw_px, bh_px = mv["w"][keep].astype(np.int64), mv["h"][keep].astype(np.int64)
+    x0 = mv["dst_x"][keep].astype(np.int64) - bw_px // 2
+    y0 = mv["dst_y"][keep].astype(np.int64) - bh_px // 2
+    mag, fid = mag[keep], frame_ids[keep]
+    # Blocks aligned to the cell grid (most 16x16 / 8x8 ones) are split into whole cells, the others into
+    # squares of `unit` pixels (the smallest block side): far fewer pieces for the same sums.
+    unit = math.gcd(cell, _UNIT)
+    on_grid = (
+        ((x0 | y0 | bw_px | bh_px) % cell == 0)
+        if cell & (cell - 1) == 0
+        # OR: powers of 2 only
+        else ((x0 % cell == 0) & (y0 % cell == 0) & (bw_px % cell == 0) & (bh_px % cell == 0))
+    )
+    aligned = on_grid & (x0 >= 0) & (y0 >= 0) & (x0 + bw_px <= w) & (y0 + bh_px <= h)
+    u = np.where(aligned, cell, unit)
+    bw, bh = np.maximum(bw_px // u, 1), np.maximum(bh_px // u, 1)
     n = bw * bh
-    owner = np.repeat(np.arange(len(n)), n)  # one entry per unit square of every block
+    owner = np.repeat(np.arange(len(n)), n)  # one entry per piece of every block
     k = np.arange(owner.size) - np.repeat(np.cumsum(n) - n, n)
-    ux = x0[owner] + k % bw[owner]
-    uy = y0[owner] + k // bw[owner]
-    per = cell // unit
-    inside = (ux >= 0) & (uy >= 0) & (ux * unit < w) & (uy * unit < h)
-    flat = (fid[owner] * rows + uy // per) * cols + ux // per
-    sums = np.bincount(flat[inside], weights=mag[owner][inside] * (unit * unit), minlength=n_frames * rows * cols)
+    uo = u[owner]
+    px = (x0 // u)[owner] * uo + (k % bw[owner]) * uo  # piece's top-left corner in pixels
+    py = (y0 // u)[owner] * uo + (k // bw[owner]) * uo
+    inside = (px >= 0) & (py >= 0) & (px < w) & (py < h)
+    flat = (fid[owner] * rows + py // cell) * cols + px // cell
+    weights = (mag[owner] * (uo * uo))[inside]
+    sums = np.bincount(flat[inside], weights=weights, minlength=n_frames * rows * cols)
     return (sums.reshape(n_frames, rows, cols) / _cell_area(cell, h, w)).astype(np.float32)
 
 

@@ -247,3 +247,29 @@ def test_bad_files_raise_one_error_naming_file_and_frames(odd_clips: dict[str, P
     assert info.value.path == str(path) and info.value.frames_read >= 0
     if name == "cut_data":
         assert 10 <= info.value.frames_read <= 13
+
+
+@pytest.mark.parametrize("cell", [4, 6, 8, 12, 16])
+def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
+    from mgm.motion import _MV_DTYPE, _rasterize
+
+    rng = np.random.default_rng(cell)
+    h, w, n = 60, 84, 80  # not multiples of the cell: partial border cells
+    mv = np.zeros(n, _MV_DTYPE)
+    mv["w"] = rng.choice([4, 8, 16], n)
+    mv["h"] = rng.choice([4, 8, 16], n)
+    mv["dst_x"] = rng.integers(-2, 24, n) * 4 + mv["w"] // 2  # some blocks stick out of the frame
+    mv["dst_y"] = rng.integers(-2, 17, n) * 4 + mv["h"] // 2
+    mag = rng.random(n).astype(np.float32)
+    frames = rng.integers(0, 3, n)
+    got = _rasterize(frames, mv, mag, 3, cell, (h, w))
+    pixels = np.zeros((3, h, w))
+    for f, v, m in zip(frames, mv, mag, strict=True):
+        x0, y0 = v["dst_x"] - v["w"] // 2, v["dst_y"] - v["h"] // 2
+        pixels[f, max(y0, 0) : max(y0 + v["h"], 0), max(x0, 0) : max(x0 + v["w"], 0)] += m
+    rows, cols = -(-h // cell), -(-w // cell)
+    ref = np.zeros((3, rows, cols))
+    for r in range(rows):
+        for c in range(cols):
+            ref[:, r, c] = pixels[:, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].mean(axis=(1, 2))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
