@@ -221,7 +221,8 @@ class VideoMAEPretrain(nn.Module):
 
     def forward_encoder(self, patches_vis: torch.Tensor, vis_ids: torch.Tensor) -> torch.Tensor:
         """(B, V, ts*p*p*C) visible patch vectors at token ids (B, V) -> (B, V, D) encoded tokens."""
-        x = F.linear(patches_vis, self.embed_weight(), self.patch_embed.proj.bias)  # (B, V, D)
+        w = self.embed_weight()
+        x = F.linear(patches_vis.to(w.dtype), w, self.patch_embed.proj.bias)  # (B, V, D); fp16 loader output is fine
         x = x + self.pos_embed[0][vis_ids]
         return self.norm(self._run(self.blocks, x))
 
@@ -255,8 +256,8 @@ class VideoMAEPretrain(nn.Module):
         x_vis = self.forward_encoder(patches[:, :v], ids[:, :v])
         pred = self.forward_decoder(x_vis, ids, v)
         with torch.no_grad():
-            target = self.targets(patches[:, v:]).to(pred.dtype)
-        return F.mse_loss(pred, target), pred
+            target = self.targets(patches[:, v:].float())
+        return F.mse_loss(pred.float(), target), pred  # fp32 loss under bf16 autocast
 
 
 def create_model(
