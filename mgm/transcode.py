@@ -105,6 +105,9 @@ def _encode(src: str, tmp: Path, s: EncodeSettings) -> int:
             last_pts = pts
             out_frame = frame.reformat(width=ost.width, height=ost.height, format="yuv420p")
             out_frame.pts, out_frame.time_base = pts, ist.time_base
+            # The source's picture type would force x264's frame types (an intra-only MJPEG source -> all I-frames,
+            # no motion vectors); the GOP settings alone decide them.
+            out_frame.pict_type = av.video.frame.PictureType.NONE
             for packet in ost.encode(out_frame):
                 out.mux(packet)
             n += 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mgm.datasets import probe
-from mgm.filelist import read_list
+from mgm.filelist import VideoEntry, read_list, write_list
 from mgm.prepare import main
 
 from .cases import EXPECT, GOOD_FRAMES, SHORT_FRAMES
@@ -103,3 +103,22 @@ def test_lists_of_only_bad_files_fails_with_status_1(bad_videos: dict[str, Path]
                  "--workers", "0", "--quiet"]) == 1  # fmt: skip
     assert read_list(out) == []
     assert len(_rows(tmp_path / "list.rejects.csv")) == 3
+
+
+def test_transcode_gives_intra_only_files_vectors_and_rejects_the_broken(
+    bad_videos: dict[str, Path], tmp_path: Path
+) -> None:
+    from mgm.motion import read_motion
+    from mgm.transcode import EncodeSettings, decoded_frames, transcode_list
+
+    faults = ("no_vectors", "odd_size", "zero_length", "truncated", "missing")
+    lst = write_list(tmp_path / "list.csv", [VideoEntry(str(bad_videos[k]), 0, GOOD_FRAMES) for k in faults])
+    s = transcode_list(lst, tmp_path / "out", EncodeSettings(preset="ultrafast"), workers=0, progress=False)
+    assert (s["done"], s["failed"]) == (2, 3)
+    assert s["by_reason"] == {"empty": 1, "truncated": 1, "missing": 1}
+    out = {Path(e.path).stem: e for e in read_list(s["list"])}
+    assert set(out) == {"no_vectors", "odd_size"}
+    mjpeg = out["no_vectors"].path  # the remedy `mgm-prepare lists` points to for codecs without vectors
+    assert probe(mjpeg).has_mvs and read_motion(mjpeg).has_vectors
+    assert decoded_frames(mjpeg)[1] == [0, 16, 32]  # key frames on the GOP grid, not copied from the source
+    assert probe(out["odd_size"].path).size == (120, 160)  # 4:2:0 H.264 needs even sides
