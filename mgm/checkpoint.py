@@ -34,15 +34,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """Write `obj` with torch.save to a temporary file, fsync it, then rename over `path`.
 
-    A crash leaves either the previous file or the complete new one, never a torn checkpoint.
+    A crash leaves either the previous file or the complete new one, never a torn checkpoint; a failed write
+    (e.g. a full disk) removes its partial temporary file and re-raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
     try:

@@ -278,7 +278,7 @@ def fit(
 
     logger = _Logger(out_dir, total_steps, step, opts, dist.is_main)
     amp = _autocast(device, opts.precision)
-    last_ckpt, first_loss, loss_val = None, None, float("nan")
+    last_ckpt, first_loss, loss_val, ckpt_errors = path, None, float("nan"), 0
     raw.train()
     try:
         while step < total_steps and epoch < opts.epochs:
@@ -313,7 +313,13 @@ def fit(
                 logger.update(step, work["clips"] * dist.world_size, step == total_steps, epoch=epoch,
                               loss=loss_val, lr=lr, grad_norm=grad_norm, bad_loss=bad)  # fmt: skip
                 if step % opts.ckpt_every == 0 or step == total_steps:
-                    last_ckpt = _save(raw, optimizer, loader, step, epoch, in_epoch, bad, opts, ckpt_dir, dist)
+                    try:
+                        last_ckpt = _save(raw, optimizer, loader, step, epoch, in_epoch, bad, opts, ckpt_dir, dist)
+                    except OSError as e:  # e.g. a full disk: keep training, the previous checkpoint stays valid
+                        ckpt_errors += 1
+                        kept = ckpt.list_checkpoints(ckpt_dir)
+                        say(f"[engine] step {step}: checkpoint not written ({e}); last complete checkpoint: "
+                            f"{kept[-1] if kept else 'none'}")  # fmt: skip
             if in_epoch >= steps_per_epoch:
                 epoch, in_epoch = epoch + 1, 0
     finally:
@@ -327,6 +333,7 @@ def fit(
         "optimizer": opt_name,
         "peak_lr": peak_lr,
         "checkpoint": str(last_ckpt) if last_ckpt else None,
+        "checkpoint_errors": ckpt_errors,
     }
 
 

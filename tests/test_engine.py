@@ -126,3 +126,20 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path) -> None:
 def test_resume_path_that_does_not_exist_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         fit(tiny_model(), FakeLoader(4, 2), _opts(tmp_path), resume=str(tmp_path / "nope.pt"), log=_quiet)
+
+
+def test_failed_checkpoint_write_is_reported_and_training_goes_on(tmp_path: Path, monkeypatch: Any) -> None:
+    real_save, said = torch.save, []
+
+    def full_disk(obj: Any, f: Any, *a: Any, **kw: Any) -> None:
+        if isinstance(obj, dict) and obj.get("step") == 2:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    out = fit(tiny_model(), FakeLoader(6, 2), _opts(tmp_path, epochs=1, ckpt_every=1), log=said.append)
+    assert out["steps"] == 3 and out["checkpoint_errors"] == 1 and out["checkpoint"].endswith("step_00000003.pt")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001.pt", "step_00000003.pt"]
+    assert not list((tmp_path / "checkpoints").glob("*.tmp"))
+    assert any("step 2: checkpoint not written" in m and "No space left" in m and "step_00000001.pt" in m for m in said)
