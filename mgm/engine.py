@@ -288,10 +288,11 @@ def fit(
                 loader_state = None
             batches_it = iter(loader)
             while in_epoch < steps_per_epoch and step < total_steps:
-                batches = []
-                for _ in range(accum):
-                    with hook.wait():
-                        batches.append(next(batches_it))
+                batches = _next_batches(batches_it, accum, hook)
+                if batches is None:  # the loader ran short of len(loader) (e.g. files dropped): next epoch
+                    say(f"[engine] epoch {epoch} ended after {in_epoch} of {steps_per_epoch} steps")
+                    in_epoch = steps_per_epoch
+                    break
                 lr = lr_at(
                     step, peak_lr=peak_lr, min_lr=opts.min_lr, warmup_steps=warmup_steps, total_steps=schedule_steps
                 )
@@ -335,6 +336,18 @@ def fit(
         "checkpoint": str(last_ckpt) if last_ckpt else None,
         "checkpoint_errors": ckpt_errors,
     }
+
+
+def _next_batches(it: Iterator[dict[str, torch.Tensor]], accum: int, hook: Any) -> list | None:
+    """The next `accum` micro-batches, each fetched inside hook.wait(); None when the epoch runs out."""
+    batches = []
+    for _ in range(accum):
+        with hook.wait():
+            b = next(it, None)
+        if b is None:
+            return None
+        batches.append(b)
+    return batches
 
 
 def _work(batches: list[dict[str, torch.Tensor]], tokens_per_clip: int) -> dict[str, Any]:

@@ -143,3 +143,21 @@ def test_failed_checkpoint_write_is_reported_and_training_goes_on(tmp_path: Path
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001.pt", "step_00000003.pt"]
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))
     assert any("step 2: checkpoint not written" in m and "No space left" in m and "step_00000001.pt" in m for m in said)
+
+
+class _ShortLoader(FakeLoader):
+    """Claims one batch more per epoch than it yields (as when bad files are dropped mid-epoch)."""
+
+    def __len__(self) -> int:
+        return super().__len__() + 1
+
+    def __iter__(self):  # type: ignore[override]
+        it = super().__iter__()
+        return iter([next(it) for _ in range(super().__len__() - self.position)])
+
+
+def test_a_loader_running_short_ends_the_epoch_instead_of_crashing(tmp_path: Path) -> None:
+    said: list[str] = []
+    out = fit(tiny_model(), _ShortLoader(4, 2), _opts(tmp_path, epochs=2), log=said.append)
+    assert out["steps"] == 4 and out["epoch"] == 2
+    assert sum("ended after 2 of 3 steps" in m for m in said) == 2
