@@ -120,13 +120,17 @@ def test_replacements_are_deterministic_and_the_same_for_both_loaders(loader_lis
         assert epoch_of("dali", loader_list)["batches"] == first["batches"]
 
 
-def test_too_many_bad_files_stop_the_run_with_a_clear_error(loader_list: Path) -> None:
+@pytest.mark.parametrize("loader", LOADERS)
+def test_too_many_bad_files_stop_the_run_with_a_clear_error(loader: str, loader_list: Path) -> None:
     with pytest.warns(UserWarning, match="missing"):
-        loader = build_loader(cfg_for(loader_list, "cpu", "data.max_bad_fraction=0.05"))
-    with pytest.warns(UserWarning), pytest.raises(TooManyBadVideos, match=r"max_bad_fraction=0\.05.*last: .*\.mp4"):
-        for _ in loader:
-            pass
-    assert loader.stats["bad_files"] > 0.05 * len(loader.sampler)
+        lo = build_loader(cfg_for(loader_list, loader, "data.max_bad_fraction=0.05"))
+    try:
+        with pytest.warns(UserWarning), pytest.raises(TooManyBadVideos, match=r"max_bad_fraction=0\.05.*last: .*\.mp4"):
+            for _ in lo:
+                pass
+    finally:
+        getattr(lo, "close", lambda: None)()
+    assert lo.stats["bad_files"] > 0.05 * len(lo.sampler)
 
 
 def test_missing_files_past_the_limit_stop_at_start_up(loader_list: Path) -> None:
