@@ -3,11 +3,13 @@
 Conventions (shared with the loader and the masks):
 - video: (B, 3, T, H, W) float, normalized with ImageNet mean/std;
 - mask: (B, N) bool, True = masked, the same number of True per row; N = T/ts * H/p * W/p, token order (t, h, w);
-- a patch vector is laid out (ts, p, p, C), as in VideoMAE and Hugging Face `VideoMAEForPreTraining`,
-  so weights map one to one (`load_hf_state_dict`).
+- a predicted patch vector is laid out (ts, p, p, C) (`patchify`), as in VideoMAE and Hugging Face
+  `VideoMAEForPreTraining`, so weights map one to one (`load_hf_state_dict`) and predictions compare directly.
 
-Speed: the tubelet embedding is a Conv3d with stride = kernel, i.e. a linear map of each patch vector, so the
-encoder embeds only the visible patch vectors (10% at ratio 0.9) instead of every tubelet.
+Speed, with the same math: the tubelet embedding is a Conv3d with stride = kernel, i.e. a linear map of each
+patch vector, so the encoder embeds only the visible patches (10% at ratio 0.9) instead of every tubelet; the
+input is cut into channel-first patch vectors (`patch_tokens`) so the target's per-channel statistics reduce
+over contiguous memory; the un-normalization of the target folds into the epsilon (see `targets`).
 """
 
 from __future__ import annotations
@@ -214,14 +216,20 @@ class VideoMAEPretrain(nn.Module):
         ids = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
         return ids, self.num_tokens - counts[0]
 
-    def embed_weight(self) -> torch.Tensor:
-        """Conv3d kernel (D, C, ts, p, p) as a (D, ts*p*p*C) matrix acting on `patchify` vectors."""
-        w = self.patch_embed.proj.weight
-        return w.permute(0, 2, 3, 4, 1).reshape(w.shape[0], -1)
+    def patch_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, N, C*ts*p*p), each vector laid out (C, ts, p, p) like the Conv3d kernel.
+
+        Channel-first keeps each channel's pixels contiguous for the per-patch statistics of the target, and
+        makes the embedding a plain linear map with the flattened kernel.
+        """
+        b, c, t, h, w = video.shape
+        ts, p = self.tubelet, self.patch
+        x = video.reshape(b, c, t // ts, ts, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * ts * p * p)  # (B, T2*Hp*Wp, C*ts*p*p)
 
     def forward_encoder(self, patches_vis: torch.Tensor, vis_ids: torch.Tensor) -> torch.Tensor:
-        """(B, V, ts*p*p*C) visible patch vectors at token ids (B, V) -> (B, V, D) encoded tokens."""
-        w = self.embed_weight()
+        """(B, V, C*ts*p*p) visible `patch_tokens` at token ids (B, V) -> (B, V, D) encoded tokens."""
+        w = self.patch_embed.proj.weight.flatten(1)  # (D, C*ts*p*p): the Conv3d as a matrix
         x = F.linear(patches_vis.to(w.dtype), w, self.patch_embed.proj.bias)  # (B, V, D); fp16 loader output is fine
         x = x + self.pos_embed[0][vis_ids]
         return self.norm(self._run(self.blocks, x))
@@ -236,28 +244,33 @@ class VideoMAEPretrain(nn.Module):
         return self.head(self.decoder_norm(x[:, num_visible:]))  # (B, M, ts*p*p*C)
 
     def targets(self, patches_masked: torch.Tensor) -> torch.Tensor:
-        """(B, M, ts*p*p*C) normalized-input patch vectors -> the loss target in pixel space (VideoMAE recipe).
+        """(B, M, C*ts*p*p) masked `patch_tokens` (normalized input) -> (B, M, C, ts*p*p) loss target in pixels.
 
-        With norm_pix_loss each patch is standardised per channel over its ts*p*p pixels (unbiased std + 1e-6).
-        Standardising x*s+m equals standardising x with eps 1e-6/s, so the video is never un-normalized.
+        With norm_pix_loss each patch is standardised per channel over its ts*p*p pixels (unbiased std + 1e-6),
+        the VideoMAE recipe. Standardising x*s+m equals standardising x with eps 1e-6/s, so the video is never
+        un-normalized.
         """
         b, m, _ = patches_masked.shape
-        x = patches_masked.reshape(b, m, -1, self.pixel_std.numel())  # (B, M, ts*p*p, C)
+        c = self.pixel_std.numel()
+        x = patches_masked.reshape(b, m, c, -1)  # (B, M, C, ts*p*p)
+        std, mean = self.pixel_std[:, None], self.pixel_mean[:, None]  # (C, 1)
         if not self.norm_pix_loss:
-            return (x * self.pixel_std + self.pixel_mean).reshape(b, m, -1)
-        var, mean = torch.var_mean(x, dim=-2, correction=1, keepdim=True)
-        return ((x - mean) / (var.sqrt() + 1e-6 / self.pixel_std)).reshape(b, m, -1)
+            return x * std + mean
+        var, mu = torch.var_mean(x, dim=-1, correction=1, keepdim=True)
+        return (x - mu) / (var.sqrt() + 1e-6 / std)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, 3, T, H, W), mask (B, N) bool True = masked -> (scalar loss, (B, M, ts*p*p*C) predictions)."""
         ids, v = self.split_ids(mask)
-        patches = patchify(video, self.tubelet, self.patch)  # (B, N, P)
+        patches = self.patch_tokens(video)  # (B, N, C*ts*p*p)
         patches = torch.gather(patches, 1, ids[..., None].expand(-1, -1, patches.shape[-1]))  # visible first
         x_vis = self.forward_encoder(patches[:, :v], ids[:, :v])
-        pred = self.forward_decoder(x_vis, ids, v)
+        pred = self.forward_decoder(x_vis, ids, v)  # (B, M, ts*p*p*C)
         with torch.no_grad():
-            target = self.targets(patches[:, v:].float())
-        return F.mse_loss(pred.float(), target), pred  # fp32 loss under bf16 autocast
+            target = self.targets(patches[:, v:].float())  # (B, M, C, ts*p*p)
+        b, m, _ = pred.shape
+        pred_cfirst = pred.float().view(b, m, -1, target.shape[2]).transpose(2, 3)  # same elements as the target
+        return F.mse_loss(pred_cfirst, target), pred  # fp32 loss under bf16 autocast
 
 
 def create_model(

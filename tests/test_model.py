@@ -37,9 +37,9 @@ def test_visible_only_embedding_equals_conv3d() -> None:
     video, mask = _batch()
     ids, v = model.split_ids(mask)
     conv = model.patch_embed.proj(video).flatten(2).transpose(1, 2)  # (B, N, D), what HF computes
-    patches = patchify(video, 2, 16)
+    patches = model.patch_tokens(video)
     vis = torch.gather(patches, 1, ids[:, :v, None].expand(-1, -1, patches.shape[-1]))
-    ours = F.linear(vis, model.embed_weight(), model.patch_embed.proj.bias)
+    ours = F.linear(vis, model.patch_embed.proj.weight.flatten(1), model.patch_embed.proj.bias)
     ref = torch.gather(conv, 1, ids[:, :v, None].expand(-1, -1, conv.shape[-1]))
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert not mask.gather(1, ids[:, :v]).any() and mask.gather(1, ids[:, v:]).all()
