@@ -284,9 +284,12 @@ def read_span(
         stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
         stream.thread_count = max(threads, 1)
         total = len(pk.packets) if pk.complete else None
-        stop = (total if stop is None else min(stop, total)) if total is not None else stop
         if stop is not None and stop <= start:
             raise ValueError(f"{path}: empty span [{start}, {stop})")
+        if start >= len(pk.packets):  # e.g. a stale list promising more frames than the file (still) holds
+            why = f"; {pk.error}" if pk.error else ""
+            raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {len(pk.packets)} frames{why}")
+        stop = (total if stop is None else min(stop, total)) if total is not None else stop
         first_packet, index = 0, pk.index
         if mid_gop:
             first_packet = int(np.flatnonzero(index == start)[0]) if start > 0 else 0

@@ -273,3 +273,13 @@ def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
         for c in range(cols):
             ref[:, r, c] = pixels[:, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell].mean(axis=(1, 2))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_span_past_the_end_is_a_motion_read_error(synth_clips: dict[str, Path], odd_clips: dict[str, Path]) -> None:
+    for path in (synth_clips["single"], odd_clips["cut_data"]):  # 60 frames; a file cut after ~12 frames
+        with pytest.raises(MotionReadError, match=path.name):
+            read_motion(str(path), start=70, stop=86)
+    with pytest.raises(MotionReadError, match="cut_data"):
+        read_motion(str(odd_clips["cut_data"]), start=20, stop=24)
+    field = read_motion(str(synth_clips["single"]), start=50, stop=90)  # a span running past the end is clipped
+    assert field.energy.shape[0] == 10
