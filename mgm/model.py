@@ -244,20 +244,24 @@ class VideoMAEPretrain(nn.Module):
         return self.head(self.decoder_norm(x[:, num_visible:]))  # (B, M, ts*p*p*C)
 
     def targets(self, patches_masked: torch.Tensor) -> torch.Tensor:
-        """(B, M, C*ts*p*p) masked `patch_tokens` (normalized input) -> (B, M, C, ts*p*p) loss target in pixels.
+        """(B, M, C*ts*p*p) masked `patch_tokens` (normalized input) -> (B, M, ts*p*p*C) loss target in pixels.
 
         With norm_pix_loss each patch is standardised per channel over its ts*p*p pixels (unbiased std + 1e-6),
         the VideoMAE recipe. Standardising x*s+m equals standardising x with eps 1e-6/s, so the video is never
-        un-normalized.
+        un-normalized; the statistics reduce over contiguous channel-first memory, then one copy lays the
+        target out like the predictions.
         """
         b, m, _ = patches_masked.shape
         c = self.pixel_std.numel()
         x = patches_masked.reshape(b, m, c, -1)  # (B, M, C, ts*p*p)
         std, mean = self.pixel_std[:, None], self.pixel_mean[:, None]  # (C, 1)
-        if not self.norm_pix_loss:
-            return x * std + mean
-        var, mu = torch.var_mean(x, dim=-1, correction=1, keepdim=True)
-        return (x - mu) / (var.sqrt() + 1e-6 / std)
+        if self.norm_pix_loss:
+            d = x - x.mean(-1, keepdim=True)
+            sd = torch.linalg.vector_norm(d, dim=-1, keepdim=True) / math.sqrt(x.shape[-1] - 1)  # unbiased std
+            x = d.div_(sd.add_(1e-6 / std))
+        else:
+            x = x * std + mean
+        return x.transpose(2, 3).reshape(b, m, -1)  # (B, M, ts*p*p*C)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, 3, T, H, W), mask (B, N) bool True = masked -> (scalar loss, (B, M, ts*p*p*C) predictions)."""
@@ -267,10 +271,8 @@ class VideoMAEPretrain(nn.Module):
         x_vis = self.forward_encoder(patches[:, :v], ids[:, :v])
         pred = self.forward_decoder(x_vis, ids, v)  # (B, M, ts*p*p*C)
         with torch.no_grad():
-            target = self.targets(patches[:, v:].float())  # (B, M, C, ts*p*p)
-        b, m, _ = pred.shape
-        pred_cfirst = pred.float().view(b, m, -1, target.shape[2]).transpose(2, 3)  # same elements as the target
-        return F.mse_loss(pred_cfirst, target), pred  # fp32 loss under bf16 autocast
+            target = self.targets(patches[:, v:].float())  # (B, M, ts*p*p*C)
+        return F.mse_loss(pred.float(), target), pred  # fp32 loss under bf16 autocast
 
 
 def create_model(

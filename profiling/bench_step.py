@@ -120,16 +120,21 @@ def main(argv: list[str] | None = None) -> dict:
             fn()
 
     # Wall time is what users get; process CPU time (all threads) is steadier when other jobs share the cores.
+    # paired: per round, HF's mean step over ours, so that load drifting between rounds cancels out.
     times: dict[str, list[float]] = {name: [] for name in runs}
     cpu: dict[str, list[float]] = {name: [] for name in runs}
+    per_round: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     for r in range(a.rounds):
         for name in order if r % 2 == 0 else order[::-1]:
+            t_round = 0.0
             for _ in range(a.steps):
                 t0, c0 = time.perf_counter(), time.process_time()
                 runs[name]()
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
+                t_round += times[name][-1]
+            per_round[name].append(t_round)
 
     hf_ms = statistics.median(times["hf_transformers"]) * 1e3
     hf_cpu = statistics.median(cpu["hf_transformers"])
@@ -148,6 +153,9 @@ def main(argv: list[str] | None = None) -> dict:
                 "cpu_s": statistics.median(cpu[name]),
                 "clips_per_s": a.batch / ms * 1e3,
                 "speedup_vs_hf": hf_ms / ms,
+                "paired_speedup": statistics.median(
+                    h / o for h, o in zip(per_round["hf_transformers"], per_round[name], strict=True)
+                ),
                 "cpu_speedup_vs_hf": hf_cpu / statistics.median(cpu[name]),
             }
         )
