@@ -56,12 +56,6 @@ def test_span_inside_the_readable_part_of_a_truncated_file_reads(bad_videos: dic
     assert f.energy.shape[0] == 12 and f.has_vectors
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mgm/motion.py read_span: a span starting past the frames the file holds raises ValueError "
-    "('empty span [20, 10)', too_short) or IndexError (motion.py:292 `np.flatnonzero(index == start)[0]`, "
-    "truncated) instead of MotionReadError naming the file and frames read",
-)
 @pytest.mark.parametrize("fault", ["truncated", "too_short"])
 def test_span_past_the_end_of_the_file_is_a_motion_read_error(fault: str, bad_videos: dict[str, Path]) -> None:
     path = str(bad_videos[fault])  # a stale file list promises 48 frames; the file holds fewer
