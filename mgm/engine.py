@@ -328,7 +328,7 @@ def fit(
     return {
         "steps": step,
         "epoch": epoch,
-        "first_loss": first_loss,
+        "first_loss": float("nan") if first_loss is None else first_loss,  # nan: no step ran (already finished)
         "last_loss": loss_val,
         "bad_loss": bad,
         "optimizer": opt_name,

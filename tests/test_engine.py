@@ -161,3 +161,12 @@ def test_a_loader_running_short_ends_the_epoch_instead_of_crashing(tmp_path: Pat
     out = fit(tiny_model(), _ShortLoader(4, 2), _opts(tmp_path, epochs=2), log=said.append)
     assert out["steps"] == 4 and out["epoch"] == 2
     assert sum("ended after 2 of 3 steps" in m for m in said) == 2
+
+
+def test_resuming_a_finished_run_trains_no_further(tmp_path: Path) -> None:
+    fit(tiny_model(), FakeLoader(4, 2), _opts(tmp_path, epochs=1), log=_quiet)
+    model = tiny_model(seed=5)
+    out = fit(model, FakeLoader(4, 2), _opts(tmp_path, epochs=1), resume="auto", log=_quiet)
+    assert out["steps"] == 2 and out["first_loss"] != out["first_loss"]  # nan: nothing ran
+    saved = ckpt.load(out["checkpoint"])["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
