@@ -126,6 +126,7 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
         motion_source=m.source,
         cache_dir=str(Path(m.cache_dir)) if m.cache_dir else "",
         cell=m.cell,
+        threads=m.threads,
         seed=d.seed,
     )
     dev = torch.device(device)

@@ -1,12 +1,14 @@
 """CPU fallback loader: PyAV decoding in a torch DataLoader, same sampler, same batches as the DALI loader.
 
-One decode per clip (mgm.motion.read_span) yields both the RGB frames the clip needs and the motion vectors of
-its span, so online motion costs no second decode. The pixels go through the same crop box, resize (bilinear
+With online motion, one decode per clip (mgm.motion.read_span) yields both the RGB frames the clip needs and
+the motion vectors of its span, so motion costs no second decode; with a motion cache or a motion-blind mask
+a plain seek + decode (`decode_frames`) does. The pixels go through the same crop box, resize (bilinear
 with antialiasing, as DALI's default), flip and normalization as in dali_pipes.graph.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -39,6 +41,40 @@ def crop_resize(
     return out.div_(torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
 
 
+def decode_frames(path: str, indices: Sequence[int]) -> tuple[dict[int, np.ndarray], int]:
+    """RGB frames {index: (H, W, 3) uint8} at `indices` and the file's frame count, in one seek + decode.
+
+    Frame i is the i-th frame in presentation order (sorted packet timestamps), the numbering DALI and
+    mgm.motion use. Decoding starts at the last key frame at or before the first wanted frame.
+    """
+    import av
+
+    wanted = set(int(i) for i in indices)
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type, s.thread_count = "SLICE", 1  # workers parallelize over clips; threads would fight them
+        pts, keys = [], []
+        for p in c.demux(s):
+            if p.pts is not None and p.size:
+                pts.append(p.pts)
+                keys.append(p.is_keyframe)
+        order = np.argsort(pts, kind="stable")
+        sorted_pts = np.asarray(pts, np.int64)[order]
+        key_pts = {pts[j] for j in range(len(pts)) if keys[j]}
+        first, last = min(wanted), max(wanted)
+        start = max((i for i in range(first + 1) if int(sorted_pts[i]) in key_pts), default=0)
+        c.seek(int(sorted_pts[start]), stream=s, backward=True, any_frame=False)
+        index = {int(p): i for i, p in enumerate(sorted_pts)}
+        out: dict[int, np.ndarray] = {}
+        for frame in c.decode(s):
+            i = index.get(int(frame.pts), -1) if frame.pts is not None else -1
+            if i in wanted:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return out, len(sorted_pts)
+
+
 class ClipDataset(Dataset):
     """Map-style dataset keyed by (epoch, video_index): decode, mask and transform one planned clip."""
 
@@ -54,23 +90,29 @@ class ClipDataset(Dataset):
     def _load(self, epoch: int, vi: int, attempt: int) -> tuple[torch.Tensor, ClipSpec, np.ndarray, float]:
         from mgm.motion import read_span, span_of
 
-        s = self.sampler
+        s, masks = self.sampler, self.masks
         path, listed = s.paths[vi], int(s.lengths[vi])
         idx = s.spec(epoch, vi, (1, 1), attempt).frame_indices  # the indices do not depend on the frame size
-        start, stop = span_of(idx, listed)
-        start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
+        online = masks.needs_motion and masks.motion_source == "online"
         try:
-            field, rgb = read_span(path, start, stop, cell=self.masks.cell, keep=np.unique(idx).tolist())
+            if online:  # one decode for the pixels and the motion vectors of the span
+                start, stop = span_of(idx, listed)
+                start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
+                field, rgb = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
+                                       keep=np.unique(idx).tolist())  # fmt: skip
+            else:  # no motion needed here (cache or a motion-blind mask): a plain decode is cheaper
+                field, (rgb, _) = None, decode_frames(path, idx)
         except Exception as e:  # MotionReadError, codec errors, a vanished file: name it and move on
             raise BadVideoError(f"{path}: decode failed ({type(e).__name__}: {e})") from None
         missing = sorted(set(idx.tolist()) - set(rgb))
         if missing:
-            raise BadVideoError(f"{path}: frames {missing[:4]} not decoded")
-        spec = s.spec(epoch, vi, field.frame_size, attempt)
+            raise BadVideoError(f"{path}: frames {missing[:4]} not decoded (of {listed} listed)")
+        frame_size = next(iter(rgb.values())).shape[:2]
+        spec = s.spec(epoch, vi, frame_size, attempt)
         t0 = time.perf_counter()
         try:
-            motion = field if self.masks.motion_source == "online" else self.masks.read_motion(spec, listed)
-            mask = self.masks.make(spec, epoch, motion if self.masks.needs_motion else None)
+            motion = field if online else masks.read_motion(spec, listed)
+            mask = masks.make(spec, epoch, motion)
         except Exception as e:
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
         secs = time.perf_counter() - t0
@@ -133,6 +175,8 @@ class CpuLoader(LoaderBase):
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,  # keys carry the epoch, so workers never go stale
+            # forking a process that runs DALI threads can deadlock the child: start clean workers then
+            multiprocessing_context="spawn" if num_workers > 0 and "nvidia.dali.backend" in sys.modules else None,
             prefetch_factor=2 if num_workers > 0 else None,
         )
 

@@ -84,6 +84,7 @@ class MaskMaker:
     motion_source: str = "online"
     cache_dir: str = ""
     cell: int = 8
+    threads: int = 1
     seed: int = 0
     _gen: Any = field(default=None, repr=False)
     _cache: Any = field(default=None, repr=False)
@@ -116,7 +117,7 @@ class MaskMaker:
 
         # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
         start, stop = span_of(spec.frame_indices, num_frames)
-        return read_motion(spec.path, cell=self.cell, start=start, stop=stop)
+        return read_motion(spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop)
 
     def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
         """Mask (T2*Hp*Wp,) bool, True = masked, for `spec` given its MotionField (or None)."""

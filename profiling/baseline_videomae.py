@@ -2,9 +2,11 @@
 
 Per item, as VideoMAE's pretraining dataset does: open the file, seek and decode the clip's frames (PyAV standing
 in for decord: seek to the key frame before the first index, decode to the last), turn every frame into a PIL
-image, multi-scale crop + resize each frame with PIL (GroupMultiScaleCrop), stack, scale to [0, 1], normalize,
-and build a tube mask in numpy (TubeMaskingGenerator). Batched by a plain torch DataLoader. Same clip sampling
-(16 frames at stride 2 from a random start) and crop choices as dali_pipes.sampler, so the work is comparable.
+image, multi-scale crop + resize each frame with PIL (GroupMultiScaleCrop), Stack to (H, W, 3T), ToTorchFormatTensor
+(to float, / 255), GroupNormalize (channel plane by plane), view + transpose to (3, T, H, W), and build a tube mask
+in numpy (TubeMaskingGenerator). The steps follow VideoMAE's pretraining transform; the code is written here.
+Batched by a plain torch DataLoader. Same clip sampling (16 frames at stride 2 from a random start) and crop
+choices as dali_pipes.sampler, so the work is comparable.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def decode_clip(path: str, indices: np.ndarray) -> list[np.ndarray]:
     out: dict[int, np.ndarray] = {}
     with av.open(path) as c:
         s = c.streams.video[0]
-        s.thread_type = "SLICE"  # decord in VideoMAE runs with num_threads=1: no frame threads either
+        s.thread_type, s.thread_count = "SLICE", 1  # decord in VideoMAE runs with num_threads=1
         fps, tb = float(s.average_rate), float(s.time_base)
         t0 = s.start_time or 0
         first = int(indices.min())
@@ -75,8 +77,7 @@ class VideoMAEStyleDataset(Dataset):
     ) -> None:
         self.paths, self.lengths = list(paths), list(num_video_frames)
         self.num_frames, self.stride, self.size, self.scales = num_frames, stride, input_size, tuple(scales)
-        self.mean = torch.tensor(mean).view(3, 1, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1, 1)
+        self.mean_list, self.std_list = list(mean), list(std)
         self.masks = TubeMaskingGenerator((num_frames // 2, input_size // 16, input_size // 16), mask_ratio)
         self.seed = seed
 
@@ -87,10 +88,15 @@ class VideoMAEStyleDataset(Dataset):
         rng = np.random.default_rng([self.seed, i])
         idx = clip_indices(self.lengths[i], self.num_frames, self.stride, rng, "clamp")
         images = [Image.fromarray(a) for a in decode_clip(self.paths[i], idx)]
+        # GroupMultiScaleCrop: crop every PIL frame, then resize every PIL frame
         x, y, w, h = multiscale_crop((images[0].height, images[0].width), self.size, self.scales, *rng.random(2))
-        images = [im.crop((x, y, x + w, y + h)).resize((self.size, self.size), Image.BILINEAR) for im in images]
-        video = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(3, 0, 1, 2).float() / 255.0
-        video = (video - self.mean) / self.std  # (3, T, S, S)
+        images = [im.crop((x, y, x + w, y + h)) for im in images]
+        images = [im.resize((self.size, self.size), Image.BILINEAR) for im in images]
+        stacked = np.concatenate([np.asarray(im) for im in images], axis=2)  # Stack: (S, S, 3T) uint8
+        video = torch.from_numpy(stacked).permute(2, 0, 1).contiguous().float().div(255)  # ToTorchFormatTensor
+        for c, plane in enumerate(video):  # GroupNormalize: one channel plane at a time
+            plane.sub_(self.mean_list[c % 3]).div_(self.std_list[c % 3])
+        video = video.view((self.num_frames, 3) + video.shape[-2:]).transpose(0, 1)  # (3, T, S, S)
         return video, torch.from_numpy(self.masks()).bool()
 
 
