@@ -34,9 +34,11 @@ def crop_resize(
     x, y, w, h = spec.crop
     clip = frames[:, y : y + h, x : x + w].permute(0, 3, 1, 2)  # (T, 3, h, w) view, channels-last in memory
     clip = F.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    clip = clip.permute(1, 0, 2, 3)  # (3, T, S, S)
-    clip = clip.flip(-1) if spec.flip else clip.contiguous()
-    out = clip.float()
+    clip = clip.permute(1, 0, 2, 3)  # (3, T, S, S) view
+    if spec.flip:
+        clip = clip.flip(-1)
+    out = torch.empty(clip.shape, dtype=torch.float32)
+    out.copy_(clip)  # layout change and uint8 -> float in one pass
     out.sub_(torch.tensor(mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
     return out.div_(torch.tensor(std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
 

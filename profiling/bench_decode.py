@@ -156,6 +156,11 @@ def main() -> None:
             "batch": args.batch, "timed_batches": args.batches, "workers": args.workers, "rounds": args.rounds,
             "cores": len(os.sched_getaffinity(0))}  # fmt: skip
     emit("bench_decode", rows, out=args.out, meta=meta)
+    fallback = next((r for r in rows if r["loader"] == "cpu fallback (H.264)"), None)
+    if fallback and base:
+        met = "met" if min(fallback["x_baseline"], fallback["x_baseline_cpu"]) >= 2 else "NOT met"
+        print(f"target fallback >= 2x VideoMAE-style baseline: {met} (x{fallback['x_baseline']:.2f} wall, "
+              f"x{fallback['x_baseline_cpu']:.2f} CPU per clip)")  # fmt: skip
 
 
 if __name__ == "__main__":
