@@ -68,9 +68,9 @@ class ModelConfig:
     size: str = "base"  # "tiny" | "small" | "base" | "large"
     tubelet: int = 2
     patch: int = 16
-    decoder_depth: int = 4
-    decoder_dim: int = 384
-    decoder_heads: int = 6
+    decoder_depth: int = 0  # 0 = the size's own decoder (base: depth 4, width 384, 6 heads)
+    decoder_dim: int = 0
+    decoder_heads: int = 0
     norm_pix_loss: bool = True
     drop_path: float = 0.0
     grad_checkpointing: bool = False
@@ -177,9 +177,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "motion.threads": (1, None),
     "model.tubelet": (1, None),
     "model.patch": (1, None),
-    "model.decoder_depth": (1, None),
-    "model.decoder_dim": (1, None),
-    "model.decoder_heads": (1, None),
+    "model.decoder_depth": (0, None),
+    "model.decoder_dim": (0, None),
+    "model.decoder_heads": (0, None),
     "model.drop_path": (0.0, 1.0),
     "optim.base_lr": (0.0, None),
     "optim.min_lr": (0.0, None),
