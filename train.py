@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mgm.config import Config, ConfigError, load_config, save_config
+from mgm.config import ConfigError, load_config, save_config
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -35,26 +35,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     if args.resume is not None:
         overrides.append(f"train.resume={args.resume}")
     return args, overrides
-
-
-def build_model(cfg: Config):
-    """The VideoMAE pretraining model the config describes."""
-    from mgm.model import create_model
-
-    m, d = cfg.model, cfg.data
-    return create_model(
-        m.size,
-        num_frames=d.num_frames,
-        input_size=d.input_size,
-        tubelet=m.tubelet,
-        patch=m.patch,
-        decoder_dim=m.decoder_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_heads=m.decoder_heads,
-        norm_pix_loss=m.norm_pix_loss,
-        drop_path=m.drop_path,
-        grad_checkpointing=m.grad_checkpointing,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after the cheap checks: a typo in a key should not wait for torch and DALI.
     from dali_pipes import build_loader
     from mgm.engine import NonFiniteLossError, fit, resolve_device, seed_everything, setup_distributed, train_options
+    from mgm.model import model_from_config
     from profiling.hooks import hook_from_config
 
     dist = setup_distributed(cfg.dist.backend)
@@ -87,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.train.seed + dist.rank)
 
     loader = build_loader(cfg, rank=dist.rank, world_size=dist.world_size, device=str(device))
-    model = build_model(cfg)
+    model = model_from_config(cfg)
     hook = hook_from_config(cfg, out_dir if dist.is_main else None, str(device))
     opts = train_options(cfg.optim, cfg.train, batch_size=cfg.data.batch_size, compile=cfg.model.compile)
     if dist.is_main:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -355,3 +356,21 @@ def hf_to_mgm_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 def load_hf_state_dict(model: VideoMAEPretrain, hf: dict[str, torch.Tensor]) -> None:
     """Copy Hugging Face `VideoMAEForPreTraining` weights into `model` (strict: every key must match)."""
     model.load_state_dict(hf_to_mgm_state_dict(hf), strict=True)
+
+
+def model_from_config(cfg: Any) -> VideoMAEPretrain:
+    """The model a run's config (mgm.config.Config) describes: model.* and the clip shape from data.*."""
+    m, d = cfg.model, cfg.data
+    return create_model(
+        m.size,
+        num_frames=d.num_frames,
+        input_size=d.input_size,
+        tubelet=m.tubelet,
+        patch=m.patch,
+        decoder_dim=m.decoder_dim,
+        decoder_depth=m.decoder_depth,
+        decoder_heads=m.decoder_heads,
+        norm_pix_loss=m.norm_pix_loss,
+        drop_path=m.drop_path,
+        grad_checkpointing=m.grad_checkpointing,
+    )

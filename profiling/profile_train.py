@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from dali_pipes import build_loader
     from mgm.config import load_config, save_config
     from mgm.engine import fit, resolve_device, train_options
-    from mgm.model import create_model
+    from mgm.model import model_from_config
 
     cfg = load_config(a.cfg, a.overrides)
     if not Path(cfg.data.train_list).is_file():
@@ -75,20 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     loader = build_loader(cfg, device=str(device))
-    m = cfg.model
-    model = create_model(
-        m.size,
-        num_frames=cfg.data.num_frames,
-        input_size=cfg.data.input_size,
-        tubelet=m.tubelet,
-        patch=m.patch,
-        decoder_dim=m.decoder_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_heads=m.decoder_heads,
-        norm_pix_loss=m.norm_pix_loss,
-        drop_path=m.drop_path,
-        grad_checkpointing=m.grad_checkpointing,
-    )
+    model = model_from_config(cfg)
     setup_s = time.perf_counter() - t0
     # Enough epochs for N steps; the LR schedule does not matter for timing.
     epochs = max(cfg.train.epochs, math.ceil(a.steps / max(len(loader) // cfg.optim.accum_steps, 1)))
@@ -103,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log_every=max(a.steps, 1),
         tensorboard=False,
         progress=False,
-        compile=m.compile,
+        compile=cfg.model.compile,
     )
     p = cfg.profiling
     interval = a.interval or max(1, min(p.interval, a.steps // 10))
@@ -119,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         verbose=False,
     )
     print(f"[profile_train] {a.cfg}: {a.steps} steps, loader {loader.stats.get('loader', '?')}, "
-          f"model {m.size}, batch {cfg.data.batch_size}, device {device}", flush=True)  # fmt: skip
+          f"model {cfg.model.size}, batch {cfg.data.batch_size}, device {device}", flush=True)  # fmt: skip
     try:
         result = fit(model, loader, opts, hook=hook, device=device, log=lambda s: print(s, flush=True))
     finally:
