@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import av
@@ -26,6 +26,8 @@ import numpy as np
 # among them: with it FFmpeg attaches side data to the wrong frames (B-frame clips differ), so `threads`
 # only ever means slice threads.
 FAST_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
+# Probing when opening: headers only, no decoding (see `_open`)
+_OPEN_OPTIONS = {"skip_frame": "all", "analyzeduration": "1"}
 _PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType values
 _UNIT = 4  # rasterization step: the smallest H.264 block side
 # FFmpeg's AVMotionVector (libavutil/motion_vector.h), as PyAV's to_ndarray() describes it
@@ -245,6 +247,25 @@ def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
     energy[gaps] = energy[src[gaps]]
 
 
+def _open(path: str) -> av.container.InputContainer:
+    """Open a video for reading without decoding anything (MotionReadError naming the file if it cannot be).
+
+    FFmpeg's stream probing decodes the first frames (a whole key frame: most of the cost of opening) only to
+    learn things the decoder works out again; `skip_frame=all` lets it parse the headers and stop there. A file
+    whose stream parameters only come from decoding is opened again the ordinary way.
+    """
+    for options in (_OPEN_OPTIONS, None):
+        try:
+            container = av.open(path, options=options)
+        except (OSError, av.FFmpegError) as e:
+            raise MotionReadError(path, 0, f"cannot open: {e}") from e
+        video = container.streams.video
+        if video and video[0].codec_context is not None and video[0].codec_context.width > 0:
+            return container
+        container.close()
+    raise MotionReadError(path, 0, "no video stream")
+
+
 def read_span(
     path: str,
     start: int,
@@ -265,18 +286,14 @@ def read_span(
     """
     path = os.fspath(path)
     keep = frozenset(int(k) for k in keep)
-    try:
-        container = av.open(path)
-    except (OSError, av.FFmpegError) as e:
-        raise MotionReadError(path, 0, f"cannot open: {e}") from e
+    container = _open(path)
     with container:
-        if not container.streams.video:
-            raise MotionReadError(path, 0, "no video stream")
         stream = container.streams.video[0]
         pk = _demux(container, stream)
-        # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`: its
-        # P-frame vectors are predicted from neighbouring vectors only, never from reference pixels, so they come
-        # out identical (tested) while the frames from the key frame up to `start` are not decoded at all.
+        # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`, and
+        # need not decode its key frames at all: P-frame vectors are predicted from neighbouring vectors only,
+        # never from reference pixels, so they come out identical (tested) while the frames from the key frame up
+        # to `start`, and the key frames themselves (no vectors, and most of the bits), are never decoded.
         mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
         flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
         stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
@@ -296,7 +313,7 @@ def read_span(
         elif index is not None and start > 0:
             keys = [j for j, p in enumerate(pk.packets) if p.is_keyframe and index[j] <= start]
             first_packet = max(keys, key=lambda j: index[j]) if keys else 0
-        decoded, frames = _decode(path, stream, pk, first_packet, start, stop, keep)
+        decoded, frames = _decode(path, stream, pk, first_packet, start, stop, keep, skip_keys=mid_gop)
     records, rec_frame, types, rgb, last, size = frames
     if size is None:
         raise MotionReadError(path, decoded, pk.error or "no frame could be decoded")
@@ -316,8 +333,13 @@ def _decode(
     start: int,
     stop: int | None,
     keep: frozenset[int],
+    skip_keys: bool = False,
 ) -> tuple[int, tuple]:
-    """Feed packets from `first_packet` (a key frame) on; collect vectors of frames >= start, RGB of `keep`."""
+    """Feed packets from `first_packet` (a key frame) on; collect vectors of frames >= start, RGB of `keep`.
+
+    skip_keys: key-frame packets are not decoded but counted as frames without vectors (B-free H.264 without
+    pixels to return; see read_span). A file of key frames only is then decoded normally (for its frame size).
+    """
     records: list[np.ndarray] = []  # raw AVMotionVector bytes of frames >= start
     rec_frame: list[int] = []  # absolute index of each record
     types: dict[int, int] = {}
@@ -330,38 +352,61 @@ def _decode(
     tail_anchor = tail_vectors = False  # past `stop`: seen an anchor / a frame with vectors
     cc = stream.codec_context
     try:
-        for packet in [*pk.packets[first_packet:], None]:
-            for frame in cc.decode(packet):
-                i = counter if pts_to_idx is None else pts_to_idx.get(frame.pts, -1)
-                if i < first:
-                    continue  # a leading frame of an open GOP, or garbage without a timestamp
-                counter = i + 1
-                decoded += 1
-                last = max(last, i)
+        for frame, key_pts in _frames(cc, pk.packets[first_packet:], skip_keys):
+            pts = frame.pts if frame is not None else key_pts
+            i = counter if pts_to_idx is None else pts_to_idx.get(pts, -1)
+            if i < first:
+                continue  # a leading frame of an open GOP, or garbage without a timestamp
+            counter = i + 1
+            decoded += 1
+            last = max(last, i)
+            if frame is None:  # a key frame left undecoded: no vectors, an anchor
+                kind, has = _PICT_I, False
+            else:
                 size = size or (frame.height, frame.width)
                 kind = int(frame.pict_type)
-                types[i] = kind
-                if i < start:
-                    continue
+            types[i] = kind
+            if i < start:
+                continue
+            if frame is not None:
                 sd = frame.side_data.get("MOTION_VECTORS")
                 vecs = np.frombuffer(sd, np.uint8) if sd is not None else None  # no per-record Python objects
                 has = vecs is not None and vecs.size > 0
                 if has:
                     records.append(vecs)
                     rec_frame.append(i)
-                if stop is not None and i >= stop:
-                    # A few frames past the span make its last frames filled and weighted exactly as in a full
-                    # read: the next frame with vectors (for a trailing key frame), the next anchor (B-frames).
-                    tail_vectors |= has
-                    tail_anchor |= kind != _PICT_B
-                    if (tail_vectors and tail_anchor) or i - stop >= 16:
-                        return decoded, (records, rec_frame, types, rgb, last, size)
-                    continue
-                if i in keep:
-                    rgb[i] = frame.to_ndarray(format="rgb24")
+            if stop is not None and i >= stop:
+                # A few frames past the span make its last frames filled and weighted exactly as in a full
+                # read: the next frame with vectors (for a trailing key frame), the next anchor (B-frames).
+                tail_vectors |= has
+                tail_anchor |= kind != _PICT_B
+                if (tail_vectors and tail_anchor) or i - stop >= 16:
+                    break
+                continue
+            if i in keep:
+                rgb[i] = frame.to_ndarray(format="rgb24")
     except av.FFmpegError as e:
         raise MotionReadError(path, decoded, str(e)) from e
+    if skip_keys and size is None and decoded:  # key frames only (intra-only): nothing decoded yet
+        cc.flush_buffers()
+        return _decode(path, stream, pk, first_packet, start, stop, keep)
     return decoded, (records, rec_frame, types, rgb, last, size)
+
+
+def _frames(cc: av.CodecContext, packets: list, skip_keys: bool) -> Iterator[tuple[av.VideoFrame | None, int]]:
+    """Decoded frames of `packets` then of the flush: (frame, 0); with skip_keys, (None, pts) for a key frame.
+
+    Before a skipped key frame the decoder is drained and reset, so the P-frames after it start afresh, exactly
+    as a read starting there would (their vectors do not depend on what the decoder held before).
+    """
+    for packet in packets:
+        if skip_keys and packet.is_keyframe:
+            yield from ((f, 0) for f in cc.decode(None))
+            cc.flush_buffers()
+            yield None, int(packet.pts)
+            continue
+        yield from ((f, 0) for f in cc.decode(packet))
+    yield from ((f, 0) for f in cc.decode(None))
 
 
 def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:

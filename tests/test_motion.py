@@ -69,6 +69,32 @@ def odd_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="session")
+def realish_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two objects over a background with fresh sensor-like noise every frame, encoded the way real footage is
+    (x264 preset medium: 4 reference frames, every partition size down to 4x4, scene-cut I-frames, GOP 16, no
+    B-frames): P-frames full of coded residuals and vectors that point at more than the previous frame."""
+    frames, _ = render_clip("two", seed=5, size=(240, 320), num_frames=48)
+    noise = np.random.default_rng(5).normal(0, 6, frames.shape)
+    frames = np.clip(frames + noise, 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("realish") / "realish.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=12)
+        s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        s.time_base = Fraction(1, 12)
+        s.options = {
+            "crf": "20",
+            "preset": "medium",
+            "x264-params": "keyint=16:min-keyint=4:bframes=0:ref=4:partitions=all:scenecut=40",
+        }
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts = i
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    return path
+
+
 def raw_vectors(path: Path, options: dict, threads: int = 1) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         s = c.streams.video[0]
@@ -283,3 +309,42 @@ def test_span_past_the_end_is_a_motion_read_error(synth_clips: dict[str, Path], 
         read_motion(str(odd_clips["cut_data"]), start=20, stop=24)
     field = read_motion(str(synth_clips["single"]), start=50, stop=90)  # a span running past the end is clipped
     assert field.energy.shape[0] == 10
+
+
+def _vectors_by_pts(path: Path, skip_keys: bool) -> dict[int, np.ndarray]:
+    from mgm.motion import _frames
+
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.codec_context.options = {"flags2": "+export_mvs+showall", **FAST_OPTIONS}
+        packets = [p for p in c.demux(s) if p.size]
+        out = {}
+        for frame, _ in _frames(s.codec_context, packets, skip_keys):
+            if frame is not None:
+                sd = frame.side_data.get("MOTION_VECTORS")
+                out[frame.pts] = sd.to_ndarray() if sd is not None else np.zeros(0)
+        return out
+
+
+def test_undecoded_key_frames_leave_every_vector_unchanged(synth_clips: dict[str, Path], realish_clip: Path) -> None:
+    with av.open(str(realish_clip)) as c:
+        kinds = [int(f.pict_type) for f in c.decode(video=0)]
+    assert kinds.count(2) > 30 and kinds.count(1) >= 3  # P-frames with several references, and key frames
+    for clip in (synth_clips["two"], realish_clip):
+        ref = _vectors_by_pts(clip, skip_keys=False)
+        got = _vectors_by_pts(clip, skip_keys=True)
+        with av.open(str(clip)) as c:
+            keys = {int(p.pts) for p in c.demux(video=0) if p.size and p.is_keyframe}
+        assert set(got) == set(ref) - keys and keys
+        moving = 0
+        for pts, v in got.items():
+            assert np.array_equal(v, ref[pts]), f"{clip.name}: frame pts {pts}"
+            moving += int(((v["motion_x"] != 0) | (v["motion_y"] != 0)).sum()) if v.size else 0
+        assert moving > 1000
+    # and through the reader: the vectors-only path (key frames skipped) == the exact pixel path, whole and spans
+    fast = read_motion(str(realish_clip))
+    exact, _ = read_span(str(realish_clip), 0, None, keep=[0])
+    assert fast.energy.max() > 0.5
+    np.testing.assert_array_equal(fast.energy, exact.energy)
+    for a, b in ((3, 35), (16, 48), (15, 17)):
+        np.testing.assert_array_equal(read_motion(str(realish_clip), start=a, stop=b).energy, fast.energy[a:b])
