@@ -1,0 +1,363 @@
+"""The steps of profiling/gpu_check.py: each takes the parsed arguments and the scratch folder, returns rows.
+
+A row: {"step", "name", "item", "value", "unit", "status" ("ok" | "FAIL" | "ERROR" | "SKIP" | "info"), ...};
+rows that feed a goal carry "metric". Steps 1-4 run in their own process (gpu_check.run_child); heavy imports
+(torch, DALI, transformers) happen inside the functions so that a missing package is a row, not a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+NAMES = {0: "setup", 1: "decode", 2: "loader", 3: "step", 4: "train"}
+PSNR_PYAV_DB = 35.0  # NVDEC vs PyAV on the same H.264 stream (issue 9)
+PSNR_PYAV_SMOKE_DB = 30.0  # DALI CPU decodes the VP9 twin, PyAV the H.264 original: two lossy codecs
+PSNR_TRUTH_DB = 30.0  # vs the re-rendered synthetic frames, as tests/test_alignment.py
+COVERAGE = 0.95  # MGM mask (ratio 0.75) share of the moving object's tokens, as tests/test_alignment.py
+TRAIN_WARMUP = 5  # step-4 steps left out of the profile (pipeline start-up, cuBLAS/cuDNN autotuning)
+
+
+def row(step: int, item: str, value: Any, unit: str, status: str, **extra: Any) -> Row:
+    return {"step": step, "name": NAMES[step], "item": item, "value": value, "unit": unit, "status": status, **extra}
+
+
+def data_paths(a: argparse.Namespace, work: Path) -> dict[str, Path]:
+    """Where step 0 puts the clips (VP9 twins only for the smoke run: DALI's CPU decoder reads them)."""
+    d = work / ("data_vp9" if a.cpu_smoke else "data_h264")
+    return {
+        "dir": d,
+        "all": d / "train.csv",
+        "small": d / "small.csv",
+        "bench": d / "bench.csv",
+        "motion": d / "motion",
+    }
+
+
+# ---- step 0: environment and data ------------------------------------------------------------------------------
+_PROBE = r"""
+import ctypes, json, sys
+r = {"python": sys.version.split()[0]}
+try:
+    import torch
+    r["torch"] = torch.__version__
+    r["cuda"] = torch.cuda.is_available()
+    r["gpu"] = torch.cuda.get_device_name(0) if r["cuda"] else None
+except Exception as e:
+    r["torch"] = f"{type(e).__name__}: {e}"
+try:
+    import nvidia.dali as dali, nvidia.dali.fn, nvidia.dali.plugin.pytorch
+    r["dali"] = dali.__version__
+except Exception as e:
+    r["dali"] = f"ERROR {type(e).__name__}: {e}"
+try:
+    import av
+    r["av"] = av.__version__
+except Exception as e:
+    r["av"] = f"ERROR {type(e).__name__}: {e}"
+try:
+    ctypes.CDLL("libnvcuvid.so.1")
+    r["libnvcuvid"] = "loads"
+except OSError as e:
+    r["libnvcuvid"] = f"ERROR {e}"
+try:
+    import pynvml
+    pynvml.nvmlInit()
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    r["nvml_decoder_util"] = pynvml.nvmlDeviceGetDecoderUtilization(h)[0]
+except Exception as e:
+    r["nvml_decoder_util"] = f"n/a ({type(e).__name__}: {e})"
+print(json.dumps(r))
+"""
+
+
+def env_rows(a: argparse.Namespace) -> list[Row]:
+    """What the machine has; probed in a separate process so that no CUDA/DALI state leaks into this one."""
+    import importlib.util
+
+    p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    if p.returncode != 0:
+        return [row(0, "env probe", None, "", "ERROR", error=p.stderr.strip()[-500:])]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    need_gpu = not a.cpu_smoke
+    rows = [row(0, "python", r["python"], "", "info"), row(0, "torch", r["torch"], "", "info")]
+    rows.append(row(0, "cuda", r.get("gpu") or False, "", "ok" if r.get("cuda") or not need_gpu else "FAIL"))
+    for item, key, required in (
+        ("dali", "dali", True),
+        ("av (PyAV)", "av", True),
+        ("libnvcuvid", "libnvcuvid", need_gpu),
+    ):
+        err = str(r[key]).startswith("ERROR")
+        status = ("FAIL" if required else "info") if err else "ok"
+        rows.append(row(0, item, "missing" if err else r[key], "", status, **({"error": r[key][6:]} if err else {})))
+    dec = r["nvml_decoder_util"]
+    rows.append(row(0, "NVML decoder counter", dec if isinstance(dec, int) else "n/a", "%", "info",
+                    **({} if isinstance(dec, int) else {"error": dec})))  # fmt: skip
+    for mod in ("transformers", "timm", "tqdm", "tensorboard", "torchcodec"):  # optional or only for some paths
+        rows.append(row(0, f"module {mod}", "present" if importlib.util.find_spec(mod) else "absent", "", "info"))
+    return rows
+
+
+def _make_clip(job: tuple[str, str, int, bool]) -> None:
+    from mgm.synth import make_clip
+
+    stem, kind, seed, twin = job
+    make_clip(stem, kind, seed, size=(240, 320), num_frames=60, gop=16, bframes=0, vp9_twin=twin)
+
+
+def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
+    """Synthetic clips (320x240, 60 frames, GOP 16, no B-frames; H.264, plus VP9 twins for the smoke run), the
+    lists small.csv (step 1), bench.csv (steps 2 and 4: the clips repeated so that one epoch outlasts a timed
+    run, no epoch boundary inside it) and the motion cache."""
+    from mgm.filelist import read_list, write_list
+    from mgm.motion_cache import build_cache
+    from mgm.synth import KINDS, make_dataset
+
+    p, rows, t0 = data_paths(a, work), [], time.perf_counter()
+    vids = p["dir"] / "videos"
+    jobs = [(str(vids / f"clip_{i:05d}"), KINDS[i % len(KINDS)], i, a.cpu_smoke) for i in range(a.clips)]
+    jobs = [j for j in jobs if not Path(j[0]).with_suffix(".json").exists()]  # make_dataset's resume rule
+    if jobs:
+        with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+            list(pool.map(_make_clip, jobs))
+    entries = read_list(make_dataset(p["dir"], num=a.clips, seed=0, vp9_twin=a.cpu_smoke))
+    rows.append(
+        row(0, "synthetic clips", len(entries), "clips", "ok", made=len(jobs), seconds=time.perf_counter() - t0)
+    )
+    write_list(p["small"], entries[: min(8, len(entries))])
+    need = a.batch * (max(a.steps + TRAIN_WARMUP, a.batches + 1) + 2)
+    write_list(p["bench"], entries * math.ceil(need / len(entries)))
+    t0 = time.perf_counter()
+    s = build_cache(p["all"], p["motion"], workers=os.cpu_count() or 1, progress=False)
+    status = "FAIL" if s.get("failed") else "ok"
+    detail = {k: v for k, v in s.items() if k != "failures"}
+    cached = s.get("done", 0) + s.get("skipped", 0)
+    rows.append(row(0, "motion cache", cached, "clips", status, seconds=time.perf_counter() - t0, detail=detail))
+    return rows
+
+
+# ---- step 1: decode correctness and mask alignment --------------------------------------------------------------
+def step_decode(a: argparse.Namespace, work: Path) -> list[Row]:
+    """DALI (mixed on H.264; CPU on VP9 twins for the smoke run) vs the PyAV fallback, same plan, 2 epochs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import numpy as np
+    from alignment_util import loader_overrides, object_tokens, psnr, rendered_clip, to_pixels, truth_of
+
+    from dali_pipes import build_loader
+    from mgm.config import load_config
+
+    small = data_paths(a, work)["small"]
+    dev = "cpu" if a.cpu_smoke else "gpu"
+    dali = build_loader(
+        load_config(None, loader_overrides(small, "dali", dev)), device="cpu" if a.cpu_smoke else "cuda"
+    )
+    cpu = build_loader(load_config(None, loader_overrides(small, "cpu")))
+    got: list[tuple[int, dict, dict]] = []
+    for epoch in range(1 if a.cpu_smoke else 2):
+        dali.set_epoch(epoch)
+        cpu.set_epoch(epoch)
+        got += [(epoch, x, y) for x, y in zip(dali, cpu, strict=True)]
+    dali.close()
+    sampler, size = cpu.sampler, int(got[0][1]["video"].shape[-1])
+    vs_pyav, vs_truth, coverage, same_plan, flipped = [], [], [], 0, 0
+    for epoch, x, y in got:
+        same_plan += int(
+            x["index"].tolist() == y["index"].tolist()
+            and np.array_equal(x["frame_indices"].numpy(), y["frame_indices"].numpy())
+            and np.array_equal(x["mask"].cpu().numpy(), y["mask"].numpy())
+        )
+        for i in range(len(x["index"])):
+            vi = int(x["index"][i])
+            truth = truth_of(sampler.paths[vi])
+            spec = sampler.spec(epoch, vi, tuple(truth["size"]))
+            flipped += spec.flip
+            px, py = to_pixels(x["video"][i]), to_pixels(y["video"][i])
+            vs_pyav.append(psnr(px, py))
+            vs_truth.append(psnr(px, rendered_clip(truth, spec, size)))
+            obj = object_tokens(truth, spec, size=size, patch=16)  # (T2, Hp, Wp)
+            if truth["kind"] != "static" and obj.any():  # static: tube fallback; object out of crop: nothing to find
+                coverage.append(float(x["mask"][i].cpu().numpy().reshape(obj.shape)[obj].mean()))
+    need = PSNR_PYAV_SMOKE_DB if a.cpu_smoke else PSNR_PYAV_DB
+    return [
+        row(1, "decoder", dali.kind, "", "info", batches=len(got), clips=sum(len(x["index"]) for _, x, _ in got)),
+        row(1, "PSNR DALI vs PyAV, min", min(vs_pyav), "dB", "ok" if min(vs_pyav) >= need else "FAIL",
+            need=need, mean=float(np.mean(vs_pyav))),
+        row(1, "PSNR DALI vs rendered truth, min", min(vs_truth), "dB", "ok" if min(vs_truth) >= PSNR_TRUTH_DB
+            else "FAIL", need=PSNR_TRUTH_DB, mean=float(np.mean(vs_truth))),
+        row(1, "same indices/frames/masks as fallback", same_plan / len(got), "share of batches",
+            "ok" if same_plan == len(got) else "FAIL"),
+        row(1, "MGM coverage of moving object, min", min(coverage, default=float("nan")), "share",
+            "ok" if coverage and min(coverage) >= COVERAGE else "FAIL", need=COVERAGE, clips=len(coverage)),
+        row(1, "flipped clips checked", flipped, "clips", "info"),
+    ]  # fmt: skip
+
+
+# ---- step 2: loader throughput ----------------------------------------------------------------------------------
+def step_loader(a: argparse.Namespace, work: Path) -> list[Row]:
+    """Clips/s of each loader over `a.batches` batches after the first, same list, batch and worker count."""
+    import torch
+
+    from dali_pipes import build_loader
+    from mgm.config import load_config
+    from mgm.filelist import read_list
+    from profiling.baseline_videomae import baseline_loader
+    from profiling.bench_decode import run_loader
+
+    torch.set_num_threads(1)  # the workers do the work; the main process only collates
+    p = data_paths(a, work)
+    entries = read_list(p["bench"])
+    size = 112 if a.cpu_smoke else 224
+    dali_dev, out_dev = ("cpu", "cpu") if a.cpu_smoke else ("gpu", "cuda")
+
+    def ours(loader: str, mask: str, device: str) -> Any:
+        ov = [f"data.train_list={p['bench']}", f"data.loader={loader}", f"data.dali_device={dali_dev}",
+              f"data.batch_size={a.batch}", f"data.num_workers={a.workers}", f"data.input_size={size}",
+              f"mask.name={mask}", f"motion.source={a.motion}", f"motion.cache_dir={p['motion']}"]  # fmt: skip
+        return lambda: build_loader(load_config(None, ov), device=device)
+
+    # The baseline and the fallback first: their DataLoaders may fork, which is only safe before DALI's threads
+    # and the CUDA context exist in this process.
+    makers = {
+        "videomae baseline (tube)": lambda: baseline_loader(
+            [e.path for e in entries],
+            [e.num_frames for e in entries],
+            batch_size=a.batch,
+            num_workers=a.workers,
+            input_size=size,
+        ),  # fmt: skip
+        "cpu fallback (tube)": ours("cpu", "tube", "cpu"),
+    }
+    if (tc := _torchcodec_maker(entries, a.batch, a.workers)) is not None:
+        makers["torchcodec (decode only)"] = tc
+    dali_tube = f"dali-{dali_dev} (tube)"
+    makers[dali_tube] = ours("dali", "tube", out_dev)
+    makers[f"dali-{dali_dev} (mgm, {a.motion})"] = ours("dali", "mgm", out_dev)
+    rows, base = [], None
+    for name, make in makers.items():
+        gpu = _nvml() if name.startswith("dali-gpu") else None  # NVDEC busy share while this loader runs
+        r = run_loader(name, make, a.batches, a.batch)
+        util = gpu.take() if gpu else {}
+        if gpu:
+            gpu.close()
+        extra = {"cpu_ms_per_clip": r["cpu_ms_per_clip"], "startup_s": r["startup_s"], **util}
+        rows.append(row(2, name, r["clips_per_s"], "clips/s", "ok", **extra))
+        base = r["clips_per_s"] if name.startswith("videomae") else base
+        print(f"[gpu_check] {name}: {r['clips_per_s']:.1f} clips/s {util}", flush=True)
+    for r in rows:
+        r["x_baseline"] = r["value"] / base if base else float("nan")
+    first = next(r for r in rows if r["item"] == dali_tube)
+    rows.append(row(2, f"{dali_tube} / videomae baseline", first["x_baseline"], "x", "info",
+                    metric="loader_x_baseline"))  # fmt: skip
+    if "dec_util" in first:
+        rows.append(row(2, f"NVDEC utilization ({dali_tube})", first["dec_util"], "%", "info"))
+    return rows
+
+
+def _nvml() -> Any:
+    try:
+        from profiling.hooks import _GpuSampler
+
+        return _GpuSampler(0, 0.1)
+    except Exception as e:  # no NVML: the row simply has no utilization columns
+        print(f"[gpu_check] NVML unavailable ({type(e).__name__}: {e})", flush=True)
+        return None
+
+
+def _torchcodec_maker(entries: list[Any], batch: int, workers: int) -> Any:
+    """torchcodec as an optional baseline (decode only, as in bench_decode.py); None when not importable."""
+    try:
+        from torchcodec.decoders import VideoDecoder  # noqa: F401
+    except Exception:
+        return None
+    from torch.utils.data import DataLoader
+
+    return lambda: DataLoader(_TorchcodecClips([(e.path, e.num_frames) for e in entries]), batch_size=batch,
+                              num_workers=workers, drop_last=True, persistent_workers=workers > 0)  # fmt: skip
+
+
+class _TorchcodecClips:
+    """Map-style dataset: 16 frames at stride 2 from a seeded random start, decoded by torchcodec."""
+
+    def __init__(self, items: list[tuple[str, int]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        import numpy as np
+        from torchcodec.decoders import VideoDecoder
+
+        path, n = self.items[i]
+        start = int(np.random.default_rng(i).integers(0, max(n - 31, 1)))
+        return VideoDecoder(path).get_frames_at(list(range(start, start + 32, 2))).data
+
+
+# ---- step 3: training-step throughput ---------------------------------------------------------------------------
+def step_step(a: argparse.Namespace, work: Path) -> list[Row]:
+    """profiling/bench_step.py: ours vs HF on the same weights, input, tube mask, fused AdamW and bf16."""
+    import torch
+
+    from profiling import bench_step
+
+    dev = "cpu" if a.cpu_smoke else "cuda"
+    if dev == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA is not available (use --cpu-smoke on a machine without a GPU)")
+    size = 112 if a.cpu_smoke else 224
+    res = bench_step.main(["--size", a.model, "--batch", str(a.batch), "--frames", "16", "--input-size", str(size),
+                           "--ratio", "0.9", "--precision", "bf16", "--rounds", str(a.rounds), "--steps", "2",
+                           "--warmup", "2", "--device", dev])  # fmt: skip
+    rows = []
+    for r in res["rows"]:
+        finite = math.isfinite(r["first_loss"])
+        rows.append(row(3, f"{r['model']} ({r['size']}, bf16, batch {r['batch']})", r["clips_per_s"], "clips/s",
+                        "ok" if finite else "FAIL", ms_per_step=r["ms_per_step"], first_loss=r["first_loss"],
+                        paired_speedup=r["paired_speedup"]))  # fmt: skip
+    ours = next(r for r in res["rows"] if r["model"] == "ours")
+    rows.append(row(3, "ours / HF (median step)", ours["speedup_vs_hf"], "x", "info", metric="step_x_hf",
+                    paired=ours["paired_speedup"]))  # fmt: skip
+    return rows
+
+
+# ---- step 4: training fed by the DALI loader --------------------------------------------------------------------
+def step_train(a: argparse.Namespace, work: Path) -> list[Row]:
+    """profiling/profile_train.py on configs/ssv2_vitb.yaml with the synthetic list: engine.fit + ProfileHook."""
+    from profiling import profile_train
+
+    p, out = data_paths(a, work), work / "train"
+    root = Path(__file__).resolve().parents[1]
+    smoke = a.cpu_smoke
+    ov = [f"data.train_list={p['bench']}", "data.loader=dali", f"data.dali_device={'cpu' if smoke else 'gpu'}",
+          f"data.batch_size={a.batch}", f"data.num_workers={a.workers}", f"data.input_size={112 if smoke else 224}",
+          f"motion.source={a.motion}", f"motion.cache_dir={p['motion']}", f"model.size={a.model}",
+          f"train.device={'cpu' if smoke else 'cuda'}", f"train.precision={'fp32' if smoke else 'bf16'}",
+          f"train.out_dir={out}", "profiling.trace_steps=[0,0]"]  # fmt: skip
+    if smoke:  # the config's decoder is ViT-B's; 0 = the tiny size's own
+        ov += ["model.decoder_depth=0", "model.decoder_dim=0", "model.decoder_heads=0"]
+    warmup = min(TRAIN_WARMUP, max(a.steps - 2, 0))
+    s = profile_train.main(["--cfg", str(root / "configs" / "ssv2_vitb.yaml"), "--steps", str(a.steps),
+                            "--warmup", str(warmup), "--out", str(out), *ov])  # fmt: skip
+    doc = json.loads((out / "profile_train.json").read_text())
+    eng, stats = doc["meta"]["engine"], doc["meta"]["loader_stats"]
+    ok = eng["steps"] == a.steps and math.isfinite(eng["last_loss"]) and not stats.get("bad_files")
+    gpu = s.get("gpu") or {}
+    return [
+        row(4, f"steps ({stats.get('loader')}, {a.model}, batch {a.batch})", eng["steps"], "steps",
+            "ok" if ok else "FAIL", last_loss=eng["last_loss"], bad_files=stats.get("bad_files"), warmup=warmup),
+        row(4, "data wait share of wall", s["data_wait_share"], "share", "info", metric="data_wait_share",
+            wait_over_step=s["data_wait_s"] / max(s["step_s"], 1e-12), verdict=s["verdict"]),
+        row(4, "training clips/s (steady state)", s["clips_per_s"], "clips/s", "info", step_ms=s["step_ms"]),
+        row(4, "GPU util / NVDEC util", f"{gpu.get('gpu_util', 'n/a')} / {gpu.get('dec_util', 'n/a')}", "%", "info"),
+    ]  # fmt: skip
+
+
+STEPS = {1: ("decode", step_decode), 2: ("loader", step_loader), 3: ("step", step_step), 4: ("train", step_train)}

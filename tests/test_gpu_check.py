@@ -1,0 +1,78 @@
+"""profiling/gpu_check.py (issue 9) runs as a script with no install: its CPU smoke mode goes through every step's
+code path, writes a row per result and prints the goals table last; a failing or hung step is recorded and the
+script goes on. The GPU numbers themselves come from running it on a CUDA machine (see its docstring)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nvidia.dali")
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "profiling" / "gpu_check.py"
+
+
+def run(tmp: Path, synth_dir: Path, *args: str, timeout: float = 170) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the script as the device machine would (python3 profiling/gpu_check.py ..., from the repo root), on
+    the session's synthetic clips (copied where the smoke run looks for them, so none are encoded again)."""
+    work, out = tmp / "work", tmp / "out"
+    if not (work / "data_vp9").exists():
+        shutil.copytree(synth_dir / "videos", work / "data_vp9" / "videos")
+    cmd = [sys.executable, str(SCRIPT), "--cpu-smoke", "--out", str(out), "--work", str(work), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    doc = json.loads((out / "gpu_check.json").read_text())
+    return p, doc
+
+
+def test_cpu_smoke_runs_every_step_and_prints_goals_last(tmp_path: Path, synth_dir: Path) -> None:
+    p, doc = run(tmp_path, synth_dir)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = doc["rows"]
+    bad = [r for r in rows if r["status"] in ("FAIL", "ERROR")]
+    assert not bad, bad
+    for step in (0, 1, 2, 3, 4):
+        done = [r for r in rows if r["step"] == step and r["item"] == "(step wall time)"]
+        assert done and done[0]["status"] == "ok" and done[0]["value"] > 0, f"step {step} did not run"
+    items = {(r["step"], r["item"]) for r in rows}
+    assert (1, "PSNR DALI vs PyAV, min") in items and (1, "MGM coverage of moving object, min") in items
+    assert {r["item"] for r in rows if r["step"] == 2} >= {"dali-cpu (tube)", "cpu fallback (tube)",
+                                                          "videomae baseline (tube)"}  # fmt: skip
+    goals = [r for r in rows if r["step"] == "goal"]
+    assert len(goals) == 3
+    for g in goals:  # every goal got its number from a step; smoke numbers are never judged as the goal's
+        assert math.isfinite(g["value"]) and g["status"].endswith("smoke)"), g
+    assert doc["meta"]["cpu_smoke"] is True and doc["machine"]["cores"] >= 1
+    tail = p.stdout.rstrip().splitlines()
+    assert tail[-1].startswith("gpu_check: 0 failed check(s)")
+    assert any(line.startswith("== goals") for line in tail[-7:]), "the goals table is not printed last"
+    assert p.stdout.rindex("== gpu_check results") > p.stdout.rindex("verdict:")  # after step 4's own report
+
+
+def test_a_failing_step_is_a_row_and_the_next_step_still_runs(tmp_path: Path, synth_dir: Path) -> None:
+    p, doc = run(tmp_path, synth_dir, "--only", "2,3", "--workers", "-1")  # a config error inside step 2's process
+    assert p.returncode == 1
+    rows = doc["rows"]
+    err = [r for r in rows if r["status"] == "ERROR" and r["item"] == "(step)"]
+    assert [r["step"] for r in err] == [2] and "num_workers" in err[0]["error"], err
+    assert [r["status"] for r in rows if r["step"] == 3 and r["item"] == "(step wall time)"] == ["ok"]
+    assert [g["status"] for g in rows if g["step"] == "goal"] == ["n/a", "n/a", "(PASS, smoke)"]
+    assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 1 failed check(s)")
+
+
+def test_a_hung_step_is_killed_at_its_limit(tmp_path: Path, synth_dir: Path) -> None:
+    p, doc = run(tmp_path, synth_dir, "--only", "1", "--step-timeout", "1", timeout=120)
+    assert p.returncode == 1
+    err = [r for r in doc["rows"] if r["step"] == 1 and r["status"] == "ERROR"]
+    assert err and "timed out after 1 s" in err[0]["error"]
+
+
+def test_bad_step_number_is_refused() -> None:
+    p = subprocess.run([sys.executable, str(SCRIPT), "--out", "/nonexistent", "--only", "5"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 2 and "no step [5]" in p.stderr
