@@ -208,3 +208,29 @@ def test_motion_cache_gives_the_online_masks(loader: str, synth_list: Path, tmp_
         getattr(lo, "close", lambda: None)()
     # the cache stores float16 energy: top-K choices may differ on near ties, nowhere else
     assert (masks["online"] == masks["cache"]).float().mean() > 0.98
+
+
+def test_fallback_pixels_match_plain_pyav(synth_clips: dict[str, Path]) -> None:
+    import av
+
+    from dali_pipes.cpu_loader import decode_frames
+
+    path = str(synth_clips["single"])
+    with av.open(path) as c:
+        plain = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    got = decode_frames(path, [3, 17, 17, 40])  # the reused swscale context converts exactly like to_ndarray
+    assert sorted(got) == [3, 17, 40]
+    for i, rgb in got.items():
+        assert np.array_equal(rgb, plain[i]), f"frame {i}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_normalize_matches_the_formula(dtype: torch.dtype) -> None:
+    from dali_pipes.cpu_loader import normalize
+
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    clips = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)
+    got = normalize(clips, mean, std, dtype=dtype, device=torch.device("cpu"))
+    want = (clips.float() / 255 - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    assert got.dtype == dtype and got.shape == clips.shape
+    assert torch.allclose(got.float(), want, atol=1e-5 if dtype == torch.float32 else 2e-2)

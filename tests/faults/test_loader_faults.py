@@ -168,12 +168,6 @@ print(json.dumps({"shape": list(batch["video"].shape), "bad": loader.stats["bad_
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dali_pipes/cpu_loader.py crop_resize converts the whole (T, crop, crop) box to float32 before "
-    "resizing: one 8-frame clip of 7680x4320 video grows the process by ~1.35 GB (16 frames: ~2.5 GB), per sample "
-    "and per worker",
-)
 def test_cpu_loader_memory_on_8k_frames_stays_bounded(fault_dir: Path, tmp_path: Path) -> None:
     csv = write_list(tmp_path / "huge.csv", [VideoEntry(str(fault_dir / "huge.mp4"), 0, 2)])
     args = [f"data.train_list={csv}", "data.loader=cpu", "data.batch_size=1", "data.num_workers=0",
