@@ -373,7 +373,7 @@ def _decode(
                 vecs = np.frombuffer(sd, np.uint8) if sd is not None else None  # no per-record Python objects
                 has = vecs is not None and vecs.size > 0
                 if has:
-                    records.append(vecs)
+                    records.append(vecs.copy())
                     rec_frame.append(i)
             if stop is not None and i >= stop:
                 # A few frames past the span make its last frames filled and weighted exactly as in a full
@@ -421,30 +421,56 @@ def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, g
     return np.where(total > 0, out, 0.0)
 
 
-def _magnitudes(
-    mv: np.ndarray, fid: np.ndarray, start: int, n: int, anchors: tuple, has_b: bool, camera: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """Which vectors move and by how much: (indices into mv, float32 pixels per frame).
+class _Records:
+    """Column views of concatenated AVMotionVector records (no per-field copies of the 40-byte structs)."""
+
+    def __init__(self, records: list[np.ndarray], rec_frame: list[int]) -> None:
+        self.raw = np.concatenate(records)  # (V * 40,) uint8
+        self.rows = self.raw.reshape(-1, _MV_DTYPE.itemsize)  # (V, 40)
+        self.counts = np.asarray([len(r) for r in records], np.int64) // _MV_DTYPE.itemsize  # vectors per frame
+        self.offsets = np.cumsum(self.counts) - self.counts  # first vector of each frame
+        self.frame = np.asarray(rec_frame, np.int64)  # absolute frame of each record (one per frame)
+        i32 = self.raw.view("<i4").reshape(-1, 10)
+        self.motion_x, self.motion_y = i32[:, 6], i32[:, 7]  # offsets 24, 28 of AVMotionVector
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """(K,) structured AVMotionVector records of vectors `idx`."""
+        return self.rows[idx].view(_MV_DTYPE).reshape(-1)
+
+    def frame_of(self, idx: np.ndarray) -> np.ndarray:
+        """Absolute frame of vectors `idx`."""
+        return self.frame[np.searchsorted(self.offsets, idx, side="right") - 1]
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every vector as structured records, with its absolute frame."""
+        return self.rows.view(_MV_DTYPE).reshape(-1), np.repeat(self.frame, self.counts)
+
+
+def _magnitudes(rec: _Records, start: int, n: int, anchors: tuple, has_b: bool, camera: bool) -> tuple:
+    """Which vectors move and by how much: (indices into the records, float32 pixels per frame).
 
     Only vectors that are non-zero (or, with a moving camera, all of the frame's) are touched one by one: a still
-    background is mostly zero vectors, summed per frame for the camera estimate.
+    background is mostly zero vectors, counted per frame (their area) for the camera estimate.
     """
-    j_all, prev_anchor, next_anchor = anchors
-    rel_all = fid - start
+    base, prev_anchor, next_anchor = anchors
     share_all = None
     if has_b:  # a bi-predicted block is exported once per direction: count it once
+        mv_all, fid_all = rec.all()
         key = (
-            (fid << 40)
-            | (mv["dst_x"].astype(np.int64) + 2**15 << 24)
-            | (mv["dst_y"].astype(np.int64) + 2**15 << 8)
-            | (mv["w"].astype(np.int64) // 4 << 4)
-            | mv["h"].astype(np.int64) // 4
+            (fid_all << 40)
+            | (mv_all["dst_x"].astype(np.int64) + 2**15 << 24)
+            | (mv_all["dst_y"].astype(np.int64) + 2**15 << 8)
+            | (mv_all["w"].astype(np.int64) // 4 << 4)
+            | mv_all["h"].astype(np.int64) // 4
         )
         _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
         share_all = 1.0 / counts[inv]
-    moving = (mv["motion_x"] != 0) | (mv["motion_y"] != 0)
-    sel = np.flatnonzero(moving)
-    m, j, f = mv[sel], j_all[sel], fid[sel]
+    sel = np.flatnonzero(rec.motion_x | rec.motion_y)
+    m, f = rec.take(sel), rec.frame_of(sel)
+    j = f - base
     past = np.where(prev_anchor[j] > -(10**9), f - prev_anchor[j], 1)
     fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - f, 1)
     dist = np.maximum(np.where(m["source"] > 0, fut, past), 1)
@@ -454,21 +480,29 @@ def _magnitudes(
     share = share_all[sel] if share_all is not None else 1.0
     mag = np.hypot(vx, vy) * share
     if camera:  # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top
-        area_all = mv["w"].astype(np.float64) * mv["h"]
+        rel = f - start
+        area = m["w"].astype(np.float64) * m["h"]
         if share_all is not None:
-            area_all *= share_all
-        still_area = np.bincount(rel_all, weights=area_all, minlength=n) - np.bincount(
-            rel_all[sel], weights=area_all[sel], minlength=n
-        )
-        groups = np.concatenate([rel_all[sel], np.arange(n)])  # every still block votes (0, 0), summed per frame
-        weights = np.concatenate([area_all[sel], np.maximum(still_area, 0)])
+            area_all = rec.rows[:, 4].astype(np.float64) * rec.rows[:, 5] * share_all
+            still_area = np.bincount(rec.all()[1] - start, weights=area_all, minlength=n)
+            area *= share
+        else:  # whole-pixel areas: per-frame sums are exact, whichever way they are added up
+            areas = rec.rows[:, 4].astype(np.int64) * rec.rows[:, 5]
+            still_area = np.zeros(n)
+            still_area[rec.frame - start] = np.add.reduceat(areas, rec.offsets) if len(areas) else 0
+        still_area -= np.bincount(rel, weights=area, minlength=n)
+        groups = np.concatenate([rel, np.arange(n)])  # every still block votes (0, 0), summed per frame
+        weights = np.concatenate([area, np.maximum(still_area, 0)])
         cam_x = _weighted_median(groups, np.concatenate([vx, np.zeros(n)]), weights, n)
         cam_y = _weighted_median(groups, np.concatenate([vy, np.zeros(n)]), weights, n)
-        rel = rel_all[sel]
         mag = np.hypot(vx - cam_x[rel], vy - cam_y[rel]) * share
         cam = np.hypot(cam_x, cam_y)
         if cam.any():  # with the camera moving, still blocks move against it
-            extra = np.flatnonzero(~moving & (cam[rel_all] > 0))
+            _, fid_all = rec.all()
+            rel_all = fid_all - start
+            still = np.ones(len(rec), bool)
+            still[sel] = False
+            extra = np.flatnonzero(still & (cam[rel_all] > 0))
             extra_mag = cam[rel_all[extra]] * (share_all[extra] if share_all is not None else 1.0)
             sel, mag = np.concatenate([sel, extra]), np.concatenate([mag, extra_mag])
     return sel, mag.astype(np.float32)
@@ -501,13 +535,10 @@ def _build_field(
 
     has = np.zeros(n, bool)
     if records:
-        mv = np.concatenate(records).view(_MV_DTYPE)
-        counts = [len(r) // _MV_DTYPE.itemsize for r in records]
-        fid = np.repeat(np.asarray(rec_frame, np.int64), counts)  # absolute frame of each vector
-        dist = (fid - base, prev_anchor, next_anchor)
-        sel, mag = _magnitudes(mv, fid, start, n, dist, has_b, camera)
-        has[np.asarray(rec_frame) - start] = True
-        energy = _rasterize(fid[sel] - start, mv[sel], mag, n, cell, size)
+        rec = _Records(records, rec_frame)
+        sel, mag = _magnitudes(rec, start, n, (base, prev_anchor, next_anchor), has_b, camera)
+        has[rec.frame - start] = True
+        energy = _rasterize(rec.frame_of(sel) - start, rec.take(sel), mag, n, cell, size)
     else:
         energy = np.zeros((n, -(-size[0] // cell), -(-size[1] // cell)), np.float32)
     _fill_gaps(energy, has)
