@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mgm.model
 import train
 from mgm import checkpoint as ckpt
 from mgm.synth import make_dataset
@@ -174,8 +175,9 @@ def test_disk_full_is_reported_cleanly(
 
 
 def _nan_model(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> None:
-    """train.build_model, with the loss of the forward calls in `bad_calls` (1-based) made NaN."""
-    real_build = train.build_model
+    """mgm.model.model_from_config (what train.py builds), with the loss of the forward calls in `bad_calls`
+    (1-based) made NaN."""
+    real_build = mgm.model.model_from_config
 
     def build(cfg):
         model, calls = real_build(cfg), [0]
@@ -189,7 +191,7 @@ def _nan_model(monkeypatch: pytest.MonkeyPatch, bad_calls: set[int]) -> None:
         model.forward = nan_forward
         return model
 
-    monkeypatch.setattr(train, "build_model", build)
+    monkeypatch.setattr(mgm.model, "model_from_config", build)
 
 
 def test_nan_losses_are_skipped_and_counted(
