@@ -251,8 +251,9 @@ def _open(path: str) -> av.container.InputContainer:
     """Open a video for reading without decoding anything (MotionReadError naming the file if it cannot be).
 
     FFmpeg's stream probing decodes the first frames (a whole key frame: most of the cost of opening) only to
-    learn things the decoder works out again; `skip_frame=all` lets it parse the headers and stop there. A file
-    whose stream parameters only come from decoding is opened again the ordinary way.
+    learn things the decoder works out again; `skip_frame=all` lets it parse the headers and stop there (FFmpeg
+    then logs, when its logging is on, that the pixel format is unknown: the decoder finds it). A file whose
+    stream parameters only come from decoding is opened again the ordinary way.
     """
     for options in (_OPEN_OPTIONS, None):
         try:

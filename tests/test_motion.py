@@ -348,3 +348,33 @@ def test_undecoded_key_frames_leave_every_vector_unchanged(synth_clips: dict[str
     np.testing.assert_array_equal(fast.energy, exact.energy)
     for a, b in ((3, 35), (16, 48), (15, 17)):
         np.testing.assert_array_equal(read_motion(str(realish_clip), start=a, stop=b).energy, fast.energy[a:b])
+
+
+def test_other_containers_and_audio_only(synth_clips: dict[str, Path], tmp_path: Path) -> None:
+    # opening probes headers only (no frame decoded): containers whose streams show up only in the packets still
+    # give the same field, and a file without a video stream is a MotionReadError naming it
+    src = synth_clips["single"]
+    ref = read_motion(str(src))
+    for fmt, ext in (("mpegts", "ts"), ("h264", "h264"), ("matroska", "mkv")):
+        out = tmp_path / f"remux.{ext}"
+        with av.open(str(src)) as i, av.open(str(out), "w", format=fmt) as o:
+            s_in = i.streams.video[0]
+            s_out = o.add_stream_from_template(s_in)
+            for p in i.demux(s_in):
+                if p.dts is not None:
+                    p.stream = s_out
+                    o.mux(p)
+        got = read_motion(str(out))
+        assert got.num_frames == 60 and got.frame_size == (240, 320)
+        np.testing.assert_array_equal(got.energy, ref.energy)
+    audio = tmp_path / "tone.m4a"
+    with av.open(str(audio), "w") as o:
+        s = o.add_stream("aac", rate=8000)
+        for k in range(4):
+            t = (np.arange(1024) + 1024 * k) / 8000
+            frame = av.AudioFrame.from_ndarray(np.sin(2 * np.pi * 440 * t)[None].astype(np.float32), "fltp", "mono")
+            frame.sample_rate, frame.pts = 8000, 1024 * k
+            o.mux(s.encode(frame))
+        o.mux(s.encode(None))
+    with pytest.raises(MotionReadError, match="tone.m4a.*no video stream"):
+        read_motion(str(audio))
