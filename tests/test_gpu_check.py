@@ -54,15 +54,19 @@ def test_cpu_smoke_runs_every_step_and_prints_goals_last(tmp_path: Path, synth_d
     assert p.stdout.rindex("== gpu_check results") > p.stdout.rindex("verdict:")  # after step 4's own report
 
 
-def test_a_failing_step_is_a_row_and_the_next_step_still_runs(tmp_path: Path, synth_dir: Path) -> None:
-    p, doc = run(tmp_path, synth_dir, "--only", "2,3", "--workers", "-1")  # a config error inside step 2's process
+def test_failures_are_rows_and_the_rest_still_runs(tmp_path: Path, synth_dir: Path) -> None:
+    # workers=-1: every loader of step 2 fails (the others' rows would stand), step 3 needs no workers,
+    # step 4 stops at the config check inside its own process
+    p, doc = run(tmp_path, synth_dir, "--only", "2,3,4", "--workers", "-1")
     assert p.returncode == 1
     rows = doc["rows"]
-    err = [r for r in rows if r["status"] == "ERROR" and r["item"] == "(step)"]
-    assert [r["step"] for r in err] == [2] and "num_workers" in err[0]["error"], err
+    loaders = [r for r in rows if r["step"] == 2 and r["unit"] == "clips/s"]
+    assert len(loaders) == 4 and all(r["status"] == "ERROR" and "num_workers" in r["error"] for r in loaders)
     assert [r["status"] for r in rows if r["step"] == 3 and r["item"] == "(step wall time)"] == ["ok"]
+    step4 = [r for r in rows if r["step"] == 4 and r["item"] == "(step)"]
+    assert step4 and step4[0]["status"] == "ERROR" and "ConfigError" in step4[0]["error"], step4
     assert [g["status"] for g in rows if g["step"] == "goal"] == ["n/a", "n/a", "(PASS, smoke)"]
-    assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 1 failed check(s)")
+    assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 5 failed check(s)")
 
 
 def test_a_hung_step_is_killed_at_its_limit(tmp_path: Path, synth_dir: Path) -> None:
