@@ -1,4 +1,4 @@
-"""GPU validation (issue 9): NVDEC decode correctness, loader clips/s, training-step clips/s, data wait, one run.
+r"""GPU validation (issue 9): NVDEC decode correctness, loader clips/s, training-step clips/s, data wait, one run.
 
     python3 profiling/gpu_check.py --out DIR [--only 1,3] [--clips N --batch B --steps S --workers W]
     python3 profiling/gpu_check.py --cpu-smoke --out DIR      # same code paths on the CPU, tiny sizes (< 1 min)
@@ -16,24 +16,27 @@ Every result is a row of DIR/gpu_check.json (written after each step); the resul
 or a correctness check failed; a missed performance goal is reported, and fails the run only with --strict-goals.
 --cpu-smoke swaps the mixed decoder for DALI's CPU decoder on VP9 twins and uses a tiny model; goals are n/a.
 
-Device commands (H100 machine: Python 3.12, torch 2.11+cu130, transformers, timm, tqdm, tensorboard, pytest; no
-DALI, no PyAV, no internet). Here, once, from the repo root:
+Device commands (H100 machine: Python 3.12 as python3, torch 2.11+cu130, transformers, timm, tqdm, tensorboard,
+pytest; no DALI, no PyAV, no internet). Here, once, from the repo root (checked: the bundle installs and DALI
+imports on Python 3.12 with these five wheels; without the last three `import nvidia.dali` fails):
     bash ../shared/hooks/stage_wheels.sh       # .devwheels/p1..p5: DALI 2.4.0 cu130 + av 19.0.2, 50 MB parts
-    echo /.whl/ >> .git/info/exclude            # DALI's import needs astunparse, gast, optree (not on that machine)
+    grep -qx /.whl/ .git/info/exclude || echo /.whl/ >> .git/info/exclude
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl \
       astunparse==1.6.3 gast==0.7.0 optree==0.20.0
-Then back to back (the machine goes back after ~30 s idle and /tmp with it; a fresh start means part 1 again):
-    run carry=[".devwheels/p1"] command: mkdir -p /tmp/w && cp .devwheels/p1/* /tmp/w/ && ls /tmp/w
-    (the same for p2, p3, p4)
-    run carry=[".devwheels/p5", ".whl"] timeout_s=600 command:
-      mkdir -p /tmp/w && cp .devwheels/p5/* .whl/*.whl /tmp/w/ && cd /tmp/w && cat part.* > b.tar
-      && echo "$(cat bundle.sha256)  b.tar" | sha256sum -c - && tar xf b.tar
-      && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ./*.whl && cd -
-      && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-      && (timeout 170 python3 -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee $OUT/pytest_gpu.log;
-          python3 profiling/gpu_check.py --out $OUT --budget 330 2>&1 | tee $OUT/gpu_check.log)
-pytest must report the GPU tests as passed, not skipped (-rs prints why a test was skipped: DALI not importable?).
+Then these device calls back to back (the machine goes back after ~30 s idle, /tmp with it: after a fresh
+start, begin again at p1). Calls 1-4, for k = 1, 2, 3, 4:
+    run carry=[".devwheels/pk"] command: mkdir -p /tmp/w && cp .devwheels/pk/* /tmp/w/ && ls /tmp/w
+Call 5, carry=[".devwheels/p5", ".whl"], timeout_s=600, command (one line as far as bash is concerned):
+    mkdir -p /tmp/w && cp .devwheels/p5/* .whl/*.whl /tmp/w/ && cd /tmp/w && cat part.* > b.tar \
+    && echo "$(cat bundle.sha256)  b.tar" | sha256sum -c - && tar xf b.tar \
+    && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ./*.whl && cd - \
+    && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 \
+    && { timeout 170 python3 -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee $OUT/pytest_gpu.log; \
+    python3 profiling/gpu_check.py --out $OUT --budget 330 2>&1 | tee $OUT/gpu_check.log; }
+It returns pytest_gpu.log, gpu_check.log and gpu_check.json. pytest must show the 5 GPU tests passed, not
+skipped (-rs prints why one was skipped, e.g. DALI not importable); the last lines of gpu_check.log are the
+tables for the closing note and the README (name the card: the env rows give it).
 """
 
 from __future__ import annotations
