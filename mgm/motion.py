@@ -422,6 +422,9 @@ def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, g
     return np.where(total > 0, out, 0.0)
 
 
+_BLOCK_AREA = (np.arange(256)[None, :] * np.arange(256)[:, None]).reshape(-1)  # [w + 256 h] -> w * h, int64
+
+
 class _Records:
     """Column views of concatenated AVMotionVector records (no per-field copies of the 40-byte structs)."""
 
@@ -431,8 +434,10 @@ class _Records:
         self.counts = np.asarray([len(r) for r in records], np.int64) // _MV_DTYPE.itemsize  # vectors per frame
         self.offsets = np.cumsum(self.counts) - self.counts  # first vector of each frame
         self.frame = np.asarray(rec_frame, np.int64)  # absolute frame of each record (one per frame)
-        i32 = self.raw.view("<i4").reshape(-1, 10)
-        self.motion_x, self.motion_y = i32[:, 6], i32[:, 7]  # offsets 24, 28 of AVMotionVector
+        # motion_x, motion_y (offsets 24, 28) read as one int64: non-zero iff the vector moves, in one pass
+        self.motion_xy = self.raw.view("<i8").reshape(-1, 5)[:, 3]
+        # w, h (offsets 4, 5) read as one uint16 code, w + 256 h: block area by table look-up, in one pass
+        self.wh = self.raw.view("<u2").reshape(-1, 20)[:, 2]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -469,7 +474,7 @@ def _magnitudes(rec: _Records, start: int, n: int, anchors: tuple, has_b: bool, 
         )
         _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
         share_all = 1.0 / counts[inv]
-    sel = np.flatnonzero(rec.motion_x | rec.motion_y)
+    sel = np.flatnonzero(rec.motion_xy)
     m, f = rec.take(sel), rec.frame_of(sel)
     j = f - base
     past = np.where(prev_anchor[j] > -(10**9), f - prev_anchor[j], 1)
@@ -488,7 +493,7 @@ def _magnitudes(rec: _Records, start: int, n: int, anchors: tuple, has_b: bool, 
             still_area = np.bincount(rec.all()[1] - start, weights=area_all, minlength=n)
             area *= share
         else:  # whole-pixel areas: per-frame sums are exact, whichever way they are added up
-            areas = rec.rows[:, 4].astype(np.int64) * rec.rows[:, 5]
+            areas = _BLOCK_AREA[rec.wh]
             still_area = np.zeros(n)
             still_area[rec.frame - start] = np.add.reduceat(areas, rec.offsets) if len(areas) else 0
         still_area -= np.bincount(rel, weights=area, minlength=n)
