@@ -92,7 +92,8 @@ def normalize(
     """(B, 3, T, S, S) uint8 -> (B, 3, T, S, S) `dtype` on `device`: (x / 255 - mean) / std per channel.
 
     On a GPU the uint8 batch is copied (4x fewer bytes than float) and normalized there. On the CPU each
-    channel plane is written once, `bias + scale * x` in one pass, into fresh memory.
+    channel plane is written once, `bias + scale * x` in one pass (most of its cost is the kernel
+    zero-filling the fresh float pages).
     """
     scale = [1.0 / (255.0 * s) for s in std]
     bias = [-m / s for m, s in zip(mean, std, strict=True)]
@@ -104,7 +105,7 @@ def normalize(
     out = torch.empty(clips.shape, dtype=dtype)
     for c in range(3):
         b = torch.tensor(bias[c])
-        for i in range(clips.shape[0]):  # (T, S, S) planes: small enough to stay in cache
+        for i in range(clips.shape[0]):  # one (T, S, S) plane per call: scalar scale/bias, no broadcasting
             torch.add(b, clips[i, c], alpha=scale[c], out=out[i, c])
     return out
 

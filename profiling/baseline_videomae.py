@@ -22,8 +22,19 @@ from torch.utils.data import DataLoader, Dataset
 from dali_pipes.sampler import clip_indices, multiscale_crop
 
 
-def decode_clip(path: str, indices: np.ndarray) -> list[np.ndarray]:
-    """RGB frames (H, W, 3) uint8 at `indices` (presentation order from 0), decoding from the preceding key frame."""
+def decode_clip(path: str, indices: np.ndarray, reuse_swscale: bool = False) -> list[np.ndarray]:
+    """RGB frames (H, W, 3) uint8 at `indices` (presentation order from 0), decoding from the preceding key frame.
+
+    `frame.to_ndarray(format="rgb24")` (the default; what torchvision's PyAV reader does too) sets up a new swscale
+    context, with a thread pool, per frame; decord, which VideoMAE uses, does not. `reuse_swscale=True` converts
+    through one reused single-threaded context instead: the stricter stand-in for decord.
+    """
+    convert = None
+    if reuse_swscale:
+        from av.video.reformatter import VideoReformatter
+
+        sws = VideoReformatter()
+        convert = lambda f: sws.reformat(f, format="rgb24", threads=1).to_ndarray()  # noqa: E731
     wanted = set(indices.tolist())
     last = int(indices.max())
     out: dict[int, np.ndarray] = {}
@@ -38,7 +49,7 @@ def decode_clip(path: str, indices: np.ndarray) -> list[np.ndarray]:
         for frame in c.decode(s):
             i = round((frame.pts - t0) * tb * fps)
             if i in wanted:
-                out[i] = frame.to_ndarray(format="rgb24")
+                out[i] = convert(frame) if convert else frame.to_ndarray(format="rgb24")
             if i >= last:
                 break
     return [out[i] for i in indices.tolist()]
@@ -74,12 +85,13 @@ class VideoMAEStyleDataset(Dataset):
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
         seed: int = 0,
+        reuse_swscale: bool = False,
     ) -> None:
         self.paths, self.lengths = list(paths), list(num_video_frames)
         self.num_frames, self.stride, self.size, self.scales = num_frames, stride, input_size, tuple(scales)
         self.mean_list, self.std_list = list(mean), list(std)
         self.masks = TubeMaskingGenerator((num_frames // 2, input_size // 16, input_size // 16), mask_ratio)
-        self.seed = seed
+        self.seed, self.reuse_swscale = seed, reuse_swscale
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,7 +99,7 @@ class VideoMAEStyleDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, i])
         idx = clip_indices(self.lengths[i], self.num_frames, self.stride, rng, "clamp")
-        images = [Image.fromarray(a) for a in decode_clip(self.paths[i], idx)]
+        images = [Image.fromarray(a) for a in decode_clip(self.paths[i], idx, self.reuse_swscale)]
         # GroupMultiScaleCrop: crop every PIL frame, then resize every PIL frame
         x, y, w, h = multiscale_crop((images[0].height, images[0].width), self.size, self.scales, *rng.random(2))
         images = [im.crop((x, y, x + w, y + h)) for im in images]
