@@ -140,7 +140,8 @@ class DaliLoader(LoaderBase):
                  device: torch.device, output_dtype: str, max_bad_fraction: float) -> None:  # fmt: skip
         super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
         self.masks, self.twin_suffix, self.graph_kwargs = masks, twin_suffix, graph_kwargs
-        self.kind = f"dali-{graph_kwargs.get('decode_device', 'cpu')}"
+        # the names choose_path uses: "dali-gpu" (NVDEC, decode_device "mixed") or "dali-cpu"
+        self.kind = "dali-gpu" if graph_kwargs.get("decode_device") == "mixed" else "dali-cpu"
         self.stats["loader"] = self.kind
         self._pipe: Any = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, position) the pipeline delivers next

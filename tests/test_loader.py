@@ -234,3 +234,21 @@ def test_batch_normalize_matches_the_formula(dtype: torch.dtype) -> None:
     want = (clips.float() / 255 - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
     assert got.dtype == dtype and got.shape == clips.shape
     assert torch.allclose(got.float(), want, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_dali_loader_kind_uses_choose_path_names() -> None:
+    pytest.importorskip("nvidia.dali")
+    import torch
+
+    from dali_pipes.adapter import DaliLoader
+
+    class _Sampler:  # DaliLoader only keeps a reference at construction
+        batch_size = 1
+
+        def __len__(self) -> int:
+            return 1
+
+    for decode_device, kind in (("mixed", "dali-gpu"), ("cpu", "dali-cpu")):
+        loader = DaliLoader(_Sampler(), None, graph_kwargs={"decode_device": decode_device}, twin_suffix=None,
+                            device=torch.device("cpu"), output_dtype="float32", max_bad_fraction=0.1)  # fmt: skip
+        assert loader.kind == kind and loader.stats["loader"] == kind
