@@ -14,7 +14,6 @@ the device when there is one: float32 clips are 4x the bytes to write, share and
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -28,22 +27,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from dali_pipes.adapter import LoaderBase
 from dali_pipes.sampler import ClipSampler, ClipSpec
 from dali_pipes.sources import BadVideoError, MaskMaker, with_replacement
-
-
-@functools.cache
-def _reformatter() -> Any:
-    from av.video.reformatter import VideoReformatter
-
-    return VideoReformatter()
-
-
-def to_rgb(frame: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded av.VideoFrame, through one reused single-threaded swscale context.
-
-    `frame.to_ndarray(format="rgb24")` builds a new swscale context per frame, with a thread pool by default:
-    ~0.3 ms of set-up per frame, several times the conversion itself at 320x240.
-    """
-    return _reformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
+from mgm.motion import to_rgb
 
 
 class ClipResizer:
@@ -209,10 +193,8 @@ class ClipDataset(Dataset):
             if online:  # one decode for the pixels and the motion vectors of the span
                 start, stop = span_of(idx, listed)
                 start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
-                field, rgb = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
-                                       keep=np.unique(idx).tolist())  # fmt: skip
-                for i in list(rgb):
-                    add(i, rgb.pop(i))
+                field, _ = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
+                                     keep=np.unique(idx).tolist(), on_frame=add)  # fmt: skip
             else:  # no motion needed here (cache or a motion-blind mask): a plain decode is cheaper
                 field = None
                 for i, frame in iter_frames(path, idx):

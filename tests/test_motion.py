@@ -378,3 +378,16 @@ def test_other_containers_and_audio_only(synth_clips: dict[str, Path], tmp_path:
         o.mux(s.encode(None))
     with pytest.raises(MotionReadError, match="tone.m4a.*no video stream"):
         read_motion(str(audio))
+
+
+def test_span_frames_through_on_frame_equal_the_returned_ones(synth_clips: dict[str, Path]) -> None:
+    path, keep = str(synth_clips["single"]), [20, 22, 30, 35]
+    field, frames = read_span(path, 18, 40, keep=keep)
+    got: dict[int, np.ndarray] = {}
+    field2, rest = read_span(path, 18, 40, keep=keep, on_frame=got.__setitem__)
+    assert rest == {} and sorted(got) == keep == sorted(frames)
+    assert all(np.array_equal(got[i], frames[i]) for i in keep)
+    with av.open(path) as c:  # the reused swscale context converts exactly like PyAV's to_ndarray
+        plain = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in keep}
+    assert all(np.array_equal(plain[i], frames[i]) for i in keep)
+    assert np.array_equal(field.energy, field2.energy)
