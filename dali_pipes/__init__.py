@@ -44,7 +44,10 @@ def _dali_available() -> bool:
 def choose_path(loader: str, dali_device: str, device: str) -> str:
     """Which loader runs: "dali-gpu" (NVDEC on H.264), "dali-cpu" (VP9 twins) or "cpu" (PyAV fallback).
 
-    loader "auto" takes DALI when it is importable; dali_device "auto" means the GPU when `device` is CUDA.
+    loader "auto" takes DALI on a CUDA device and the PyAV fallback without one: on the CPU the fallback reads
+    the H.264 files directly and measured faster than DALI's CPU decoder on VP9 twins (profiling/bench_decode.py,
+    ~65 vs ~44 clips/s on 2 cores); loader "auto" with dali_device "cpu", or loader "dali", still picks DALI on
+    the CPU. dali_device "auto" means the GPU when `device` is CUDA.
     """
     import torch
 
@@ -57,6 +60,8 @@ def choose_path(loader: str, dali_device: str, device: str) -> str:
             raise RuntimeError("data.loader=dali but nvidia-dali is not installed (pip install nvidia-dali-cuda120)")
         return "cpu"
     cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if loader == "auto" and dali_device == "auto" and not cuda:
+        return "cpu"
     if dali_device == "gpu" and not cuda:
         raise RuntimeError(f"data.dali_device=gpu needs a CUDA device, got device={device!r}")
     return "dali-gpu" if (dali_device == "gpu" or (dali_device == "auto" and cuda)) else "dali-cpu"
