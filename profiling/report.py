@@ -153,14 +153,18 @@ def plot_bench(doc: dict[str, Any], out: Path) -> Path:
     nums = [c for c in cols if all(_is_num(r.get(c)) for r in rows if c in r) and any(c in r for r in rows)]
     metrics = [c for c in nums if "per_s" in c] or [c for c in nums if "ms" in c] or nums
     metrics = metrics[:4]
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1) + 2, 0.5 * len(rows) + 1.8),
-                             sharey=True, squeeze=False)  # fmt: skip
+    label_in = 0.065 * max(map(len, labels))  # room for the row names, which tight_layout cannot always make
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(3.6 * max(len(metrics), 1) + label_in + 0.6,
+                             0.5 * len(rows) + 1.8), sharey=True, squeeze=False)  # fmt: skip
     y = list(range(len(rows)))[::-1]
     for ax, c in zip(axes[0], metrics, strict=False):
         vals = [r.get(c, float("nan")) for r in rows]
         bars = ax.barh(y, vals, color="#1f77b4")
         ax.bar_label(bars, labels=[fmt_value(float(v)) for v in vals], fontsize=8, padding=2)
         ax.set_title(c, fontsize=9)
+        positive = [v for v in vals if _is_num(v) and v > 0]
+        if positive and max(positive) > 50 * min(positive):  # mixed scales (frames/s beside masks/s): log axis
+            ax.set_xscale("log")
         ax.margins(x=0.25)
         ax.grid(axis="x", alpha=0.3)
     axes[0, 0].set_yticks(y, labels, fontsize=8)
