@@ -57,6 +57,15 @@ def hf_model(size: str, frames: int, input_size: int, norm_pix_loss: bool) -> to
     return VideoMAEForPreTraining(cfg)
 
 
+def step_gflops(step) -> float:
+    """GFLOPs (multiply-adds count 2) that one call of `step` (forward, backward, optimizer) runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / 1e9
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="small", choices=sorted(MODEL_SIZES))
@@ -109,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         "hf_transformers": make_step(hf, lambda m: m(hf_video, bool_masked_pos=mask).loss),
     }
     first = {name: fn() for name, fn in runs.items()}  # also a warmup step each
+    # FLOPs of one forward+backward: the speedup a model can get at equal kernel efficiency is HF's over ours.
+    gflops = {name: step_gflops(fn) for name, fn in runs.items()}
     if a.compile:
         comp = create_model(a.size, num_frames=a.frames, input_size=a.input_size).to(dev)
         comp.load_state_dict(ours.state_dict())
@@ -157,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                     h / o for h, o in zip(per_round["hf_transformers"], per_round[name], strict=True)
                 ),
                 "cpu_speedup_vs_hf": hf_cpu / statistics.median(cpu[name]),
+                "gflop_per_step": gflops.get(name, float("nan")),
+                "flop_ceiling_vs_hf": gflops["hf_transformers"] / gflops.get(name, float("nan")),
             }
         )
     meta = {
