@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from mgm.atomic import atomic_write
 
 PATTERN = "step_*.pt"
 
@@ -37,24 +38,9 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     A crash leaves either the previous file or the complete new one, never a torn checkpoint; a failed write
     (e.g. a full disk) removes its partial temporary file and re-raises.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    with atomic_write(path, "wb", sync_dir=True) as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def checkpoint_path(ckpt_dir: str | Path, step: int) -> Path:

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mgm.atomic import atomic_write
+
 HEADER = ("path", "label", "num_frames")
 
 
@@ -49,15 +51,10 @@ def read_list(csv_path: str | Path) -> list[VideoEntry]:
 def write_list(csv_path: str | Path, entries: list[VideoEntry]) -> Path:
     """Write entries atomically, with paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     base = csv_path.resolve().parent
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_write(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(HEADER)
         for e in entries:  # a relative entry path is taken as relative to the working directory
             writer.writerow([os.path.relpath(Path(e.path).resolve(), base), e.label, e.num_frames])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, csv_path)
     return csv_path

@@ -16,7 +16,6 @@ rerunning it skips the videos already done.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 from collections import Counter
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from mgm.atomic import atomic_write
 from mgm.motion import MotionField, MotionReadError, read_motion
 
 VERSION = 2
@@ -48,21 +48,15 @@ def _record_path(cache_dir: Path, key: str) -> Path:
 def save_record(path: str | os.PathLike, field: MotionField) -> None:
     """Write one MotionField as a compressed .npz, atomically (tmp + fsync + os.replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
     meta = [VERSION, field.cell, *field.frame_size, field.has_vectors, field.num_frames, field.first_frame]
-    # two members only: every extra one costs a zip lookup per read
-    np.savez_compressed(
-        buf,
-        energy=field.energy.astype(np.float16),  # cells hold pixels/frame: float16 keeps ~3 significant digits
-        meta=np.asarray(meta, np.int64),  # version, cell, H, W, has_vectors, num_frames, first_frame
-    )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # a per-process hidden temporary name: two runs filling one cache never write into the same file
+    with atomic_write(path, "wb", tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp")) as f:
+        # two members only: every extra one costs a zip lookup per read
+        np.savez_compressed(
+            f,
+            energy=field.energy.astype(np.float16),  # cells hold pixels/frame: float16 keeps ~3 significant digits
+            meta=np.asarray(meta, np.int64),  # version, cell, H, W, has_vectors, num_frames, first_frame
+        )
 
 
 def load_record(path: str | os.PathLike) -> MotionField:

@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mgm.atomic import atomic_write
+
 
 def _cpu_model() -> str:
     # platform.processor() is empty on most Linux builds; /proc/cpuinfo has the marketing name.
@@ -139,13 +141,10 @@ def _jsonable(o: Any) -> Any:
 
 def write_json(bench: str, rows: list[dict[str, Any]], out: str | Path, meta: dict | None = None) -> Path:
     """Write {bench, machine, meta, rows} to `out` atomically (parent folders created); returns the path."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"bench": bench, "machine": machine_info(), "meta": meta or {}, "rows": rows}
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, default=_jsonable) + "\n")
-    tmp.replace(out)
-    return out
+    with atomic_write(out, "w") as f:
+        f.write(json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    return Path(out)
 
 
 def emit(bench: str, rows: list[dict[str, Any]], out: str | Path | None = None, meta: dict | None = None) -> None:
