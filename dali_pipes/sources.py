@@ -107,10 +107,8 @@ class MaskMaker:
             return None
         if self.motion_source == "cache":
             if self._cache is None:
-                try:
-                    from mgm.motion_cache import MotionCache
-                except ImportError:
-                    from mgm.motion import MotionCache
+                from mgm.motion_cache import MotionCache
+
                 self._cache = MotionCache(self.cache_dir)
             return self._cache.get(spec.path)
         from mgm.motion import read_motion, span_of

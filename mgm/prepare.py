@@ -110,11 +110,8 @@ def cmd_transcode(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- motion
 def cmd_motion(a: argparse.Namespace) -> int:
-    try:
-        from mgm.motion_cache import build_cache
-    except ImportError as e:
-        print(f"mgm-prepare motion: the motion cache module is unavailable ({e})", file=sys.stderr)
-        return 2
+    from mgm.motion_cache import build_cache
+
     try:
         stats = build_cache(a.list, a.out, a.workers, a.cell, progress=not a.quiet)
     except FileListError as e:
