@@ -109,27 +109,44 @@ def render_clip(
     return frames, truth
 
 
-def encode(frames: np.ndarray, path: str | Path, codec: str, spec: EncodeSpec = EncodeSpec()) -> Path:
-    """Encode (F, H, W, 3) uint8 RGB frames with `libx264` or `libvpx-vp9` (yuv420p, fixed GOP)."""
+def encode(
+    frames: np.ndarray,
+    path: str | Path,
+    codec: str,
+    spec: EncodeSpec = EncodeSpec(),
+    *,
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+    pts: list[int] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Encode (F, H, W, 3) uint8 RGB frames at `spec.fps` with a fixed GOP of `spec.gop`.
+
+    `options` replaces the codec options made from `spec` (x264: crf, no scene cuts, `spec.bframes`; VP9:
+    realtime); `pts` gives the timestamps in 1/fps s (default 0, 1, 2, ...: constant frame rate).
+    """
     path = Path(path)
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=spec.fps)
         stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         stream.time_base = Fraction(1, spec.fps)
         stream.codec_context.gop_size = spec.gop
         if codec == "libx264":
             stream.codec_context.max_b_frames = spec.bframes
+        if options is not None:
+            stream.options = options
+        elif codec == "libx264":
             stream.options = {
                 "crf": str(spec.crf),
                 "preset": "veryfast",
                 "x264-params": f"keyint={spec.gop}:min-keyint={spec.gop}:scenecut=0:bframes={spec.bframes}",
             }
-        else:
+        elif codec == "libvpx-vp9":
             stream.options = {"crf": "24", "b": "0", "deadline": "realtime", "cpu-used": "8", "g": str(spec.gop)}
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
+            frame.pts = i if pts is None else pts[i]
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -34,15 +33,8 @@ def odd_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     frames, _ = render_clip("single", seed=3, size=(120, 160), num_frames=24)
     out = {}
     for name, codec in [("mjpeg", "mjpeg"), ("cinepak", "cinepak")]:
-        path = d / f"{name}.avi"
-        with av.open(str(path), "w") as c:
-            s = c.add_stream(codec, rate=12)
-            s.height, s.width = frames.shape[1:3]
-            s.pix_fmt = "yuvj420p" if codec == "mjpeg" else "rgb24"
-            for f in frames:
-                c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-            c.mux(s.encode(None))
-        out[name] = path
+        pix_fmt = "yuvj420p" if codec == "mjpeg" else "rgb24"
+        out[name] = encode(frames, d / f"{name}.avi", codec, options={}, pix_fmt=pix_fmt)
     out["intra"] = encode(frames, d / "intra.mp4", "libx264", EncodeSpec(gop=1))
     good = encode(frames, d / "good.mp4", "libx264", EncodeSpec(gop=8))
     data = good.read_bytes()
@@ -51,16 +43,7 @@ def odd_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["garbage"] = d / "garbage.mp4"
     out["garbage"].write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     # moov atom first: the header promises 24 frames, the data stops half way
-    fast = d / "faststart.mp4"
-    with av.open(str(fast), "w", options={"movflags": "faststart"}) as c:
-        s = c.add_stream("libx264", rate=12)
-        s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        s.time_base = Fraction(1, 12)
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            c.mux(s.encode(vf))
-        c.mux(s.encode(None))
+    fast = encode(frames, d / "faststart.mp4", "libx264", options={}, container_options={"movflags": "faststart"})
     with av.open(str(fast)) as c:
         packets = sorted((p.pos, p.size) for p in c.demux(video=0) if p.size)
     pos, size = packets[12]  # cut inside the 13th frame's data
@@ -77,22 +60,12 @@ def realish_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     frames, _ = render_clip("two", seed=5, size=(240, 320), num_frames=48)
     noise = np.random.default_rng(5).normal(0, 6, frames.shape)
     frames = np.clip(frames + noise, 0, 255).astype(np.uint8)
-    path = tmp_path_factory.mktemp("realish") / "realish.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=12)
-        s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        s.time_base = Fraction(1, 12)
-        s.options = {
-            "crf": "20",
-            "preset": "medium",
-            "x264-params": "keyint=16:min-keyint=4:bframes=0:ref=4:partitions=all:scenecut=40",
-        }
-        for i, f in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
-            vf.pts = i
-            c.mux(s.encode(vf))
-        c.mux(s.encode(None))
-    return path
+    options = {
+        "crf": "20",
+        "preset": "medium",
+        "x264-params": "keyint=16:min-keyint=4:bframes=0:ref=4:partitions=all:scenecut=40",
+    }
+    return encode(frames, tmp_path_factory.mktemp("realish") / "realish.mp4", "libx264", options=options)
 
 
 def raw_vectors(path: Path, options: dict, threads: int = 1) -> list[np.ndarray]:

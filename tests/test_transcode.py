@@ -18,6 +18,7 @@ import pytest
 
 from mgm import transcode
 from mgm.filelist import VideoEntry, read_list, write_list
+from mgm.synth import EncodeSpec, encode
 from mgm.transcode import EncodeSettings, decoded_frames, partial_path, transcode_file, transcode_list
 
 FAST = EncodeSettings(gop=8, preset="ultrafast")
@@ -35,21 +36,13 @@ def write_clip(
 ) -> Path:
     """A moving white box on black; H.264 defaults to a long GOP with B-frames (what transcode must fix)."""
     h, w = size
-    opts = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=opts) as out:
-        s = out.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        if codec == "libx264":
-            s.options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:bframes={bframes}"}
-        for i in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            x = (3 * i) % (w - 16)
-            img[h // 4 : h // 4 + 16, x : x + 16] = 255
-            f = av.VideoFrame.from_ndarray(img, format="rgb24")
-            f.pts = i
-            out.mux(s.encode(f))
-        out.mux(s.encode(None))
-    return path
+    img = np.zeros((frames, h, w, 3), np.uint8)
+    for i in range(frames):
+        x = (3 * i) % (w - 16)
+        img[i, h // 4 : h // 4 + 16, x : x + 16] = 255
+    options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:bframes={bframes}"} if codec == "libx264" else {}
+    return encode(img, path, codec, EncodeSpec(gop=gop, bframes=bframes, fps=fps), options=options,
+                  container_options={"movflags": "faststart"} if faststart else None)  # fmt: skip
 
 
 def truncated_copy(src: Path, dst: Path, keep: float = 0.5) -> Path:

@@ -8,12 +8,11 @@ repo: the conftest calls this once per session.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
+from mgm import synth
 from mgm.synth import render_clip
 
 GOOD_FRAMES = 48  # frames of good.mp4 (and of every fault made from it)
@@ -58,18 +57,8 @@ def encode(
     container_options: dict | None = None,
 ) -> Path:
     """Encode (F, H, W, 3) uint8 RGB frames at 12 fps (timestamps `pts` in 1/12 s, default 0, 1, 2, ...)."""
-    with av.open(str(path), "w", options=container_options or {}) as c:
-        s = c.add_stream(codec, rate=12)
-        s.height, s.width = frames.shape[1:3]
-        s.pix_fmt = pix_fmt
-        s.time_base = Fraction(1, 12)
-        s.options = options or {}
-        for i, rgb in enumerate(frames):
-            f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            f.pts = i if pts is None else pts[i]
-            c.mux(s.encode(f))
-        c.mux(s.encode(None))
-    return path
+    return synth.encode(frames, path, codec, synth.EncodeSpec(fps=12), options=options or {}, pix_fmt=pix_fmt,
+                        pts=pts, container_options=container_options)  # fmt: skip
 
 
 def _garble(data: bytes, seed: int = 0) -> bytes:
