@@ -65,7 +65,10 @@ def test_failures_are_rows_and_the_rest_still_runs(tmp_path: Path, synth_dir: Pa
     assert [r["status"] for r in rows if r["step"] == 3 and r["item"] == "(step wall time)"] == ["ok"]
     step4 = [r for r in rows if r["step"] == 4 and r["item"] == "(step)"]
     assert step4 and step4[0]["status"] == "ERROR" and "ConfigError" in step4[0]["error"], step4
-    assert [g["status"] for g in rows if g["step"] == "goal"] == ["n/a", "n/a", "(PASS, smoke)"]
+    # the loader and data-wait goals lost their numbers with steps 2 and 4; step 3 measured the step ratio, whose
+    # verdict on tiny CPU sizes depends on the machine's load (it is never judged in smoke mode)
+    goals = [g["status"] for g in rows if g["step"] == "goal"]
+    assert goals[:2] == ["n/a", "n/a"] and goals[2] in ("(PASS, smoke)", "(MISS, smoke)"), goals
     assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 5 failed check(s)")
 
 
