@@ -128,21 +128,24 @@ class LoaderBase:
 class DaliLoader(LoaderBase):
     """Batches from the DALI graph (dali_pipes.graph) fed by DaliClipSource workers.
 
-    The pipeline is built lazily at the first iteration, for the sampler's epoch and position; DALI's own
-    epoch counter then follows ours. A `set_epoch`/`load_state_dict` that jumps elsewhere rebuilds it
-    (a few seconds: the workers restart). A decoder error inside DALI loses the batch: it is counted,
-    its planned files are named, and the pipeline is rebuilt after it.
+    `kind` is the path dali_pipes.factory.choose_path chose: "dali-gpu" (NVDEC) or "dali-cpu" (VP9 twins); the
+    graph's arguments (`graph_kwargs`) were made for it there. The pipeline is built lazily at the first
+    iteration, for the sampler's epoch and position; DALI's own epoch counter then follows ours. A
+    `set_epoch`/`load_state_dict` that jumps elsewhere rebuilds it (a few seconds: the workers restart). A decoder
+    error inside DALI loses the batch: it is counted, its planned files are named, and the pipeline is rebuilt
+    after it.
     """
 
     kind = "dali"
 
-    def __init__(self, sampler: ClipSampler, masks: Any, *, graph_kwargs: dict[str, Any], twin_suffix: str | None,
-                 device: torch.device, output_dtype: str, max_bad_fraction: float) -> None:  # fmt: skip
+    def __init__(self, sampler: ClipSampler, masks: Any, *, kind: str, graph_kwargs: dict[str, Any],
+                 twin_suffix: str | None, device: torch.device, output_dtype: str,
+                 max_bad_fraction: float) -> None:  # fmt: skip
+        if kind not in ("dali-gpu", "dali-cpu"):
+            raise ValueError(f"DaliLoader kind={kind!r}: 'dali-gpu' or 'dali-cpu'")
+        self.kind = kind  # before LoaderBase.__init__, which records it in stats
         super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
         self.masks, self.twin_suffix, self.graph_kwargs = masks, twin_suffix, graph_kwargs
-        # the names choose_path uses: "dali-gpu" (NVDEC, decode_device "mixed") or "dali-cpu"
-        self.kind = "dali-gpu" if graph_kwargs.get("decode_device") == "mixed" else "dali-cpu"
-        self.stats["loader"] = self.kind
         self._pipe: Any = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, position) the pipeline delivers next
 
