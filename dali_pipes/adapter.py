@@ -27,18 +27,24 @@ class TooManyBadVideos(RuntimeError):
     """More than max_bad_fraction of an epoch's samples failed to load."""
 
 
-class _Tuples:
-    """`loader.as_tuples()`: the same batches as (video, bool_masked_pos), VideoMAE's format."""
+LAYOUTS = ("BCTHW", "BTCHW")  # VideoMAE's and timm's (B, 3, T, H, W); Hugging Face's VideoMAE (B, T, 3, H, W)
 
-    def __init__(self, loader: LoaderBase) -> None:
-        self.loader = loader
+
+class _Tuples:
+    """`loader.as_tuples(layout)`: the same batches as (video, bool_masked_pos) in the layout a model expects."""
+
+    def __init__(self, loader: LoaderBase, layout: str) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: one of {', '.join(LAYOUTS)}")
+        self.loader, self.layout = loader, layout
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.loader:
-            yield batch["video"], batch["mask"]
+            video = batch["video"]  # (B, 3, T, H, W)
+            yield (video.transpose(1, 2) if self.layout == "BTCHW" else video), batch["mask"]
 
 
 class LoaderBase:
@@ -78,9 +84,13 @@ class LoaderBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
 
-    def as_tuples(self) -> _Tuples:
-        """Iterable of (video (B,3,T,S,S), bool_masked_pos (B,N) True = masked), for VideoMAE-style loops."""
-        return _Tuples(self)
+    def as_tuples(self, layout: str = "BCTHW") -> _Tuples:
+        """Iterable of (video, bool_masked_pos (B, N), True = masked), for VideoMAE-style loops.
+
+        layout "BCTHW": video (B, 3, T, S, S), VideoMAE's format; "BTCHW": (B, T, 3, S, S), what Hugging Face's
+        `VideoMAEForPreTraining(pixel_values=...)` takes (a view of the same memory, no copy).
+        """
+        return _Tuples(self, layout)
 
     def _begin_epoch(self) -> None:
         # Iterating again after an epoch ran out starts the next one, like calling set_epoch(epoch + 1).
