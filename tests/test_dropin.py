@@ -119,3 +119,13 @@ def test_guarded_script_runs_with_spawned_workers(tmp_path: Path, synth_list: Pa
     out = run_script(tmp_path, synth_list, guarded=True, start="spawn")  # the fix the message names works
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split("\n")[:2] == ["(2, 4, 3, 32, 32) 8 False"] * 2, out.stdout
+
+
+def test_the_main_guard_is_read_from_the_script(tmp_path: Path) -> None:
+    from dali_pipes.workers import _guarded
+
+    script = tmp_path / "s.py"
+    script.write_text('a = 1\nif __name__ == "__main__":\n    b = 2\n    c = (3,\n         4)\n'
+                      'if "__main__" != __name__:\n    pass\nelse:\n    d = 5\n')  # fmt: skip
+    assert [_guarded(script, n) for n in range(1, 10)] == [False, False, True, True, True, False, False, False, True]
+    assert _guarded(tmp_path / "gone.py", 1)  # nothing to read: never stand in the way
