@@ -27,18 +27,24 @@ class TooManyBadVideos(RuntimeError):
     """More than max_bad_fraction of an epoch's samples failed to load."""
 
 
-class _Tuples:
-    """`loader.as_tuples()`: the same batches as (video, bool_masked_pos), VideoMAE's format."""
+LAYOUTS = ("BCTHW", "BTCHW")  # VideoMAE's and timm's (B, 3, T, H, W); Hugging Face's VideoMAE (B, T, 3, H, W)
 
-    def __init__(self, loader: LoaderBase) -> None:
-        self.loader = loader
+
+class _Tuples:
+    """`loader.as_tuples(layout)`: the same batches as (video, bool_masked_pos) in the layout a model expects."""
+
+    def __init__(self, loader: LoaderBase, layout: str) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout={layout!r}: one of {', '.join(LAYOUTS)}")
+        self.loader, self.layout = loader, layout
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.loader:
-            yield batch["video"], batch["mask"]
+            video = batch["video"]  # (B, 3, T, H, W)
+            yield (video.transpose(1, 2) if self.layout == "BTCHW" else video), batch["mask"]
 
 
 class LoaderBase:
@@ -78,9 +84,13 @@ class LoaderBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
 
-    def as_tuples(self) -> _Tuples:
-        """Iterable of (video (B,3,T,S,S), bool_masked_pos (B,N) True = masked), for VideoMAE-style loops."""
-        return _Tuples(self)
+    def as_tuples(self, layout: str = "BCTHW") -> _Tuples:
+        """Iterable of (video, bool_masked_pos (B, N), True = masked), for VideoMAE-style loops.
+
+        layout "BCTHW": video (B, 3, T, S, S), VideoMAE's format; "BTCHW": (B, T, 3, S, S), what Hugging Face's
+        `VideoMAEForPreTraining(pixel_values=...)` takes (a view of the same memory, no copy).
+        """
+        return _Tuples(self, layout)
 
     def _begin_epoch(self) -> None:
         # Iterating again after an epoch ran out starts the next one, like calling set_epoch(epoch + 1).
@@ -128,21 +138,24 @@ class LoaderBase:
 class DaliLoader(LoaderBase):
     """Batches from the DALI graph (dali_pipes.graph) fed by DaliClipSource workers.
 
-    The pipeline is built lazily at the first iteration, for the sampler's epoch and position; DALI's own
-    epoch counter then follows ours. A `set_epoch`/`load_state_dict` that jumps elsewhere rebuilds it
-    (a few seconds: the workers restart). A decoder error inside DALI loses the batch: it is counted,
-    its planned files are named, and the pipeline is rebuilt after it.
+    `kind` is the path dali_pipes.factory.choose_path chose: "dali-gpu" (NVDEC) or "dali-cpu" (VP9 twins); the
+    graph's arguments (`graph_kwargs`) were made for it there. The pipeline is built lazily at the first
+    iteration, for the sampler's epoch and position; DALI's own epoch counter then follows ours. A
+    `set_epoch`/`load_state_dict` that jumps elsewhere rebuilds it (a few seconds: the workers restart). A decoder
+    error inside DALI loses the batch: it is counted, its planned files are named, and the pipeline is rebuilt
+    after it.
     """
 
     kind = "dali"
 
-    def __init__(self, sampler: ClipSampler, masks: Any, *, graph_kwargs: dict[str, Any], twin_suffix: str | None,
-                 device: torch.device, output_dtype: str, max_bad_fraction: float) -> None:  # fmt: skip
+    def __init__(self, sampler: ClipSampler, masks: Any, *, kind: str, graph_kwargs: dict[str, Any],
+                 twin_suffix: str | None, device: torch.device, output_dtype: str,
+                 max_bad_fraction: float) -> None:  # fmt: skip
+        if kind not in ("dali-gpu", "dali-cpu"):
+            raise ValueError(f"DaliLoader kind={kind!r}: 'dali-gpu' or 'dali-cpu'")
+        self.kind = kind  # before LoaderBase.__init__, which records it in stats
         super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
         self.masks, self.twin_suffix, self.graph_kwargs = masks, twin_suffix, graph_kwargs
-        # the names choose_path uses: "dali-gpu" (NVDEC, decode_device "mixed") or "dali-cpu"
-        self.kind = "dali-gpu" if graph_kwargs.get("decode_device") == "mixed" else "dali-cpu"
-        self.stats["loader"] = self.kind
         self._pipe: Any = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, position) the pipeline delivers next
 

@@ -14,7 +14,6 @@ the device when there is one: float32 clips are 4x the bytes to write, share and
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -275,10 +274,12 @@ class CpuLoader(LoaderBase):
         mean: Sequence[float],
         std: Sequence[float],
         num_workers: int,
+        start_method: str | None,
         device: torch.device,
         output_dtype: str,
         max_bad_fraction: float,
     ) -> None:
+        """`start_method` of the worker processes (see dali_pipes.workers.cpu_start_method); unused without workers."""
         super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
         self.mean, self.std = list(mean), list(std)
         self.dataset = ClipDataset(sampler, masks, input_size=input_size)
@@ -289,8 +290,7 @@ class CpuLoader(LoaderBase):
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,  # keys carry the epoch, so workers never go stale
-            # forking a process that runs DALI threads can deadlock the child: start clean workers then
-            multiprocessing_context="spawn" if num_workers > 0 and "nvidia.dali.backend" in sys.modules else None,
+            multiprocessing_context=start_method if num_workers > 0 else None,
             prefetch_factor=2 if num_workers > 0 else None,
         )
 

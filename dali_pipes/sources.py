@@ -74,7 +74,9 @@ class MaskMaker:
     """Builds the mask of a clip from its motion, in the worker. Plain arguments, no config object.
 
     motion_source: "cache" (MotionCache(cache_dir).get(path)) or "online" (mgm.motion.read_motion over the
-    clip's span). Masks that ignore motion ("tube", "random") skip reading it.
+    clip's span). Masks that ignore motion ("tube", "random") skip reading it. The generator is built here, at
+    start-up: a mistake in `knobs` raises mgm.config.ConfigError naming `mask.knobs.<key>` before any worker
+    starts; the workers receive the built generator with this object.
     """
 
     name: str
@@ -86,18 +88,20 @@ class MaskMaker:
     cell: int = 8
     threads: int = 1
     seed: int = 0
-    _gen: Any = field(default=None, repr=False)
+    _gen: Any = field(init=False, default=None, repr=False)
     _cache: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from mgm.config import mask_generator
+
+        self._gen = mask_generator(self.name, self.ratio, tuple(self.grid), self.knobs)
 
     @property
     def needs_motion(self) -> bool:
         return self.name == "mgm"
 
     def generator(self) -> Any:
-        if self._gen is None:  # built lazily: once per worker process, after unpickling
-            from mgm.masking import build_masking
-
-            self._gen = build_masking(self.name, self.ratio, tuple(self.grid), **self.knobs)
+        """The mask generator (mgm.masking): `gen(motion_map, rng) -> (N,) bool`, True = masked."""
         return self._gen
 
     def read_motion(self, spec: ClipSpec, num_frames: int) -> Any:

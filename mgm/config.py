@@ -371,7 +371,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             f"mask.ratio={cfg.mask.ratio} masks {g.masked_per_slot} of the {g.tokens_per_slot} tokens of each "
             f"slot ({g.grid[1]}x{g.grid[2]} grid from data.input_size / model.patch): nothing to learn from"
         )
+    mask_generator(cfg.mask.name, cfg.mask.ratio, g.grid, cfg.mask.knobs)  # a knob typo fails here, not in a worker
     return cfg
+
+
+def mask_generator(name: str, ratio: float, grid: tuple[int, int, int], knobs: dict[str, Any]) -> Any:
+    """mgm.masking.build_masking(name, ratio, grid, **knobs), with the config's errors: an unknown knob, a wrong
+    type or a value out of range is a ConfigError naming `mask.knobs.<key>` and the generator's knobs."""
+    import inspect
+
+    from mgm.masking import GENERATORS, build_masking
+
+    if name not in GENERATORS:
+        raise ConfigError(f"mask.name: {name!r} is not one of {', '.join(GENERATORS)}")
+    init = GENERATORS[name].__init__
+    valid = [p for p in inspect.signature(init).parameters if p not in ("self", "ratio", "grid")]
+    hints = typing.get_type_hints(init)
+    for key, value in knobs.items():
+        if key not in valid:
+            takes = f"takes the knobs {', '.join(valid)}" if valid else "takes no knobs"
+            hint = _closest(str(key), valid) if valid else ""
+            raise ConfigError(f"unknown key 'mask.knobs.{key}': mask.name={name} {takes}.{hint}")
+        _coerce(value, hints[key], f"mask.knobs.{key}", "the config")
+    try:
+        return build_masking(name, ratio, grid, **knobs)
+    except ValueError as e:
+        raise ConfigError(f"mask.knobs of mask.name={name}: {e}") from None
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -21,10 +21,10 @@ def test_shipped_configs_load_and_round_trip(path: Path, tmp_path: Path) -> None
 
 
 def test_round_trip_keeps_overrides(tmp_path: Path) -> None:
-    cfg = load_config(None, ["mask.name=tube", "optim.betas=[0.8, 0.9]", "data.flip=true", "mask.knobs={sigma: 2}"])
+    cfg = load_config(None, ["mask.ratio=0.75", "optim.betas=[0.8, 0.9]", "data.flip=true", "mask.knobs={smooth: 2}"])
     again = load_config(save_config(cfg, tmp_path / "r.yaml"))
-    assert again.mask.name == "tube" and again.optim.betas == [0.8, 0.9] and again.data.flip is True
-    assert again.mask.knobs == {"sigma": 2}
+    assert again.mask.ratio == 0.75 and again.optim.betas == [0.8, 0.9] and again.data.flip is True
+    assert again.mask.knobs == {"smooth": 2}
     assert again.to_dict() == cfg.to_dict()
 
 

@@ -237,17 +237,39 @@ def test_batch_normalize_matches_the_formula(dtype: torch.dtype) -> None:
     assert torch.allclose(got.float(), want, atol=1e-5 if dtype == torch.float32 else 2e-2)
 
 
-def test_dali_loader_kind_uses_choose_path_names() -> None:
-    pytest.importorskip("nvidia.dali")
+def test_the_path_chosen_once_is_handed_on(synth_list: Path) -> None:
     from dali_pipes.adapter import DaliLoader
+    from dali_pipes.factory import _graph_kwargs
 
-    class _Sampler:  # DaliLoader only keeps a reference at construction
-        batch_size = 1
+    cpu = build_loader(cfg_for(synth_list, "cpu"))
+    assert cpu.kind == cpu.stats["loader"] == "cpu"
+    if HAS_DALI:
+        dali = build_loader(cfg_for(synth_list, "dali"))  # built lazily: no pipeline, no workers yet
+        assert dali.kind == dali.stats["loader"] == choose_path("dali", "cpu", "cpu") == "dali-cpu"
+        assert dali.graph_kwargs["decode_device"] == "cpu" and dali.twin_suffix == ".webm"
+    gpu = _graph_kwargs(cfg_for(synth_list, "dali").data, "dali-gpu", torch.device("cuda:1"))  # no GPU needed
+    assert gpu["decode_device"] == "mixed" and gpu["device_id"] == 1
+    with pytest.raises(ValueError, match="dali-gpu"):
+        DaliLoader(cpu.sampler, None, kind="cpu", graph_kwargs={}, twin_suffix=None, device=torch.device("cpu"),
+                   output_dtype="float32", max_bad_fraction=0.1)  # fmt: skip
 
-        def __len__(self) -> int:
-            return 1
 
-    for decode_device, kind in (("mixed", "dali-gpu"), ("cpu", "dali-cpu")):
-        loader = DaliLoader(_Sampler(), None, graph_kwargs={"decode_device": decode_device}, twin_suffix=None,
-                            device=torch.device("cpu"), output_dtype="float32", max_bad_fraction=0.1)  # fmt: skip
-        assert loader.kind == kind and loader.stats["loader"] == kind
+def test_a_mask_knob_typo_stops_build_loader_naming_the_key(synth_list: Path) -> None:
+    from mgm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown key 'mask\.knobs\.smoth'.*Did you mean: smooth"):
+        cfg_for(synth_list, "cpu", "mask.name=mgm", "mask.knobs={smoth: 1}")  # load_config checks it first
+    with pytest.raises(ConfigError, match=r"mask\.knobs\.smooth: expected int"):
+        cfg_for(synth_list, "cpu", "mask.name=mgm", "mask.knobs={smooth: 1.5}")
+    with pytest.raises(ConfigError, match=r"mask\.knobs\.smooth.*mask\.name=tube takes no knobs"):
+        cfg_for(synth_list, "cpu", "mask.knobs={smooth: 1}")  # cfg_for picks tube
+    cfg = cfg_for(synth_list, "cpu", "mask.name=mgm")
+    cfg.mask.knobs = {"smoth": 1}  # set in code, past load_config's own check
+    with pytest.raises(ConfigError, match=r"mask\.knobs\.smoth.*smooth, temporal, random_mix, min_motion, floor"):
+        build_loader(cfg)
+    cfg.mask.knobs = {"random_mix": 1.5}
+    with pytest.raises(ConfigError, match=r"mask\.knobs.*random_mix"):
+        build_loader(cfg)
+    cfg.mask.knobs = {"smooth": 2, "random_mix": 0.25}
+    gen = build_loader(cfg).dataset.masks.generator()
+    assert (gen.smooth, gen.random_mix) == (2, 0.25)  # the knobs reach the generator the workers use

@@ -1,0 +1,167 @@
+"""`build_loader`: a config in, the loader this process runs out (DALI on the GPU, DALI on the CPU, or PyAV).
+
+Decided here once and handed on, never worked out again downstream:
+- which loader runs (`choose_path`, then whether the VP9 twins DALI's CPU decoder needs are there);
+- which files of the list exist: one look at the disk per file, before any worker starts (a file that breaks
+  later is still named and replaced by the workers, dali_pipes.sources);
+- the mask generator, built now: a mistake in `mask.knobs` is a ConfigError naming the key, not a worker error;
+- how worker processes start (dali_pipes.workers), and whether the calling script is safe for that.
+torch is imported inside the functions: DALI's spawned workers import this package and need none.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dali_pipes.sampler import ClipSampler
+from dali_pipes.sources import MaskMaker, twin_path
+from dali_pipes.workers import check_main_guard, cpu_start_method
+
+if TYPE_CHECKING:
+    import torch
+
+    from dali_pipes.adapter import LoaderBase
+    from mgm.config import DataConfig
+    from mgm.filelist import VideoEntry
+
+
+def _dali_available() -> bool:
+    """Whether nvidia-dali is installed, asked without importing it: loading DALI's backend here would make the
+    PyAV fallback start its workers with "spawn" (dali_pipes.workers) even when DALI never runs."""
+    spec = importlib.util.find_spec("nvidia.dali")  # imports the `nvidia` namespace package only
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any((Path(p) / "fn").is_dir() or (Path(p) / "fn.py").is_file() for p in spec.submodule_search_locations)
+
+
+def choose_path(loader: str, dali_device: str, device: str) -> str:
+    """Which loader runs: "dali-gpu" (NVDEC on H.264), "dali-cpu" (VP9 twins) or "cpu" (PyAV fallback).
+
+    loader "auto" takes DALI on a CUDA device and the PyAV fallback without one: on the CPU the fallback reads
+    the H.264 files directly and measured faster than DALI's CPU decoder on VP9 twins (profiling/bench_decode.py,
+    ~65 vs ~44 clips/s on 2 cores); loader "auto" with dali_device "cpu", or loader "dali", still picks DALI on
+    the CPU. dali_device "auto" means the GPU when `device` is CUDA.
+    """
+    import torch
+
+    if loader not in ("dali", "cpu", "auto"):
+        raise ValueError(f"data.loader={loader!r}: one of dali, cpu, auto")
+    if loader == "cpu":
+        return "cpu"
+    if not _dali_available():
+        if loader == "dali":
+            raise RuntimeError("data.loader=dali but nvidia-dali is not installed (pip install nvidia-dali-cuda120)")
+        return "cpu"
+    cuda = str(device).startswith("cuda") and torch.cuda.is_available()
+    if loader == "auto" and dali_device == "auto" and not cuda:
+        return "cpu"
+    if dali_device == "gpu" and not cuda:
+        raise RuntimeError(f"data.dali_device=gpu needs a CUDA device, got device={device!r}")
+    return "dali-gpu" if (dali_device == "gpu" or (dali_device == "auto" and cuda)) else "dali-cpu"
+
+
+def _files_on_disk(path: str, d: DataConfig, entries: list[VideoEntry]) -> tuple[str, str | None, list[VideoEntry]]:
+    """(path, twin suffix or None, the entries whose files exist), one look at the disk per file.
+
+    On "dali-cpu" each video needs its VP9 twin too; with data.loader=auto, too few twins switch to the PyAV
+    fallback (which reads the originals). Missing files are named in one warning and dropped, or, past
+    data.max_bad_fraction, in one FileNotFoundError.
+    """
+    twins = d.twin_suffix if path == "dali-cpu" else None
+    found = [(os.path.isfile(e.path), not twins or os.path.isfile(twin_path(e.path, twins))) for e in entries]
+    absent = [e.path for e, (_, has_twin) in zip(entries, found, strict=True) if not has_twin]
+    if twins and d.loader == "auto" and len(absent) > d.max_bad_fraction * len(entries):
+        warnings.warn(
+            f"{len(absent)} of {len(entries)} videos have no {twins} twin for DALI's CPU decoder "
+            f"(e.g. {absent[0]}); using the PyAV fallback loader. Make twins with `mgm-prepare transcode`.",
+            stacklevel=3,
+        )
+        path, twins = "cpu", None
+        found = [(has_file, True) for has_file, _ in found]
+    missing, keep = [], []
+    for e, (has_file, has_twin) in zip(entries, found, strict=True):
+        gone = ([] if has_file else [e.path]) + ([] if has_twin else [twin_path(e.path, twins)])
+        missing.extend(gone)
+        if not gone:
+            keep.append(e)
+    if missing:
+        msg = f"{len(missing)} file(s) of the file list are missing:\n  " + "\n  ".join(missing)
+        if len(entries) - len(keep) > d.max_bad_fraction * len(entries):
+            raise FileNotFoundError(msg + f"\nmore than data.max_bad_fraction={d.max_bad_fraction} of the videos")
+        warnings.warn(msg + "\n(skipped for this run)", stacklevel=3)
+    return path, twins, keep
+
+
+def _graph_kwargs(d: DataConfig, path: str, dev: torch.device) -> dict[str, Any]:
+    """Arguments of dali_pipes.graph.build_pipeline for `path` ("dali-gpu" decodes with NVDEC: "mixed")."""
+    import torch
+
+    gpu = path == "dali-gpu"
+    return {
+        "input_size": d.input_size,
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "decode_device": "mixed" if gpu else "cpu",
+        "device_id": (dev.index if dev.index is not None else torch.cuda.current_device()) if gpu else None,
+        "num_threads": max(1, min(4, os.cpu_count() or 1)),
+        "py_num_workers": max(1, d.num_workers),
+        "seed": d.seed,
+    }
+
+
+def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = "cpu") -> LoaderBase:
+    """Loader for `cfg` (mgm.config.Config) on this rank: DALI GPU, DALI CPU (VP9 twins) or the CPU fallback.
+
+    Returns an iterable with __len__ (batches per epoch), set_epoch(e), state_dict()/load_state_dict(d),
+    stats (dict) and as_tuples(layout=...); each batch is the dict described in dali_pipes.adapter, on `device`.
+    Raises mgm.config.ConfigError for a bad mask setting, FileNotFoundError when too many files are missing, and
+    RuntimeError when the calling script lacks the `if __name__ == "__main__":` guard its workers need.
+    """
+    import torch
+
+    from dali_pipes.adapter import DaliLoader
+    from mgm.filelist import read_list
+
+    d, m, k = cfg.data, cfg.motion, cfg.mask
+    masks = MaskMaker(
+        name=k.name,
+        ratio=k.ratio,
+        grid=tuple(cfg.derived.grid),
+        knobs=dict(k.knobs),
+        motion_source=m.source,
+        cache_dir=str(Path(m.cache_dir)) if m.cache_dir else "",
+        cell=m.cell,
+        threads=m.threads,
+        seed=d.seed,
+    )
+    path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, read_list(d.train_list))
+    start_method = cpu_start_method() if path == "cpu" else "spawn"  # DALI's workers: see dali_pipes.graph
+    if path != "cpu" or d.num_workers > 0:
+        who = "The PyAV fallback's DataLoader workers" if path == "cpu" else "DALI's external-source workers"
+        check_main_guard(start_method, who, ", or set data.num_workers=0" if path == "cpu" else "")
+    sampler = ClipSampler(
+        entries,
+        num_frames=d.num_frames,
+        stride=d.stride,
+        input_size=d.input_size,
+        crop_scales=d.crop_scales,
+        flip=d.flip,
+        short_video=d.short_video,
+        seed=d.seed,
+        rank=rank,
+        world_size=world_size,
+        batch_size=d.batch_size,
+    )
+    dev = torch.device(device)
+    common = {"device": dev, "output_dtype": d.output_dtype, "max_bad_fraction": d.max_bad_fraction}
+    if path == "cpu":
+        from dali_pipes.cpu_loader import CpuLoader
+
+        return CpuLoader(sampler, masks, input_size=d.input_size, mean=d.mean, std=d.std, num_workers=d.num_workers,
+                         start_method=start_method, **common)  # fmt: skip
+    return DaliLoader(sampler, masks, kind=path, graph_kwargs=_graph_kwargs(d, path, dev), twin_suffix=twins,
+                      **common)  # fmt: skip
