@@ -125,3 +125,9 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
 def test_unknown_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="model.size='huge'"):
         create_model("huge")
+
+
+def test_model_compile_key_compiles_in_place_keeping_state_dict_keys() -> None:
+    plain, compiled = tiny_model(), tiny_model(compile=True)
+    assert plain._compiled_call_impl is None and compiled._compiled_call_impl is not None  # nothing traced yet
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no "_orig_mod." prefix: checkpoints load
