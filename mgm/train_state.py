@@ -116,12 +116,12 @@ class Checkpoints:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         p = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})
-        self.say(f"[engine] resumed from {self.last} at step {p.step} (epoch {p.epoch}, step {p.step_in_epoch} in it)")
         loader_state = state["loader"]
         if p.step_in_epoch >= plan.steps_per_epoch:
             p.next_epoch()
             loader_state = None
         ckpt.set_rng_state(state["rng"])
+        self.say(f"[engine] resumed from {self.last} at step {p.step} (epoch {p.epoch}, step {p.step_in_epoch} in it)")
         return p, loader_state
 
     def save(self, progress: Progress) -> None:

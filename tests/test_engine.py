@@ -16,6 +16,7 @@ from mgm.config import OptimConfig, TrainConfig
 from mgm.contracts import NullHook
 from mgm.engine import NonFiniteLossError, build_optimizer, fit, param_groups
 from mgm.lr_sched import lr_at
+from mgm.train_state import plan_run
 
 
 def _quiet(_msg: str) -> None:
@@ -36,6 +37,17 @@ def test_lr_schedule_warms_up_then_decays_to_min() -> None:
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
     assert lrs[110] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.55)
+
+
+def test_plan_caps_the_run_not_the_schedule() -> None:
+    optim, train = OptimConfig(base_lr=1e-3, warmup_epochs=1.0, accum_steps=2), TrainConfig(epochs=4)
+    full = plan_run(optim, train, batches_per_epoch=10, batch_size=8, world=2)
+    assert (full.steps_per_epoch, full.total_steps, full.warmup_steps, full.total_batch) == (5, 20, 5, 32)
+    assert full.peak_lr == pytest.approx(1e-3 * 32 / 256)
+    capped = plan_run(optim, TrainConfig(epochs=4, max_steps=7), batches_per_epoch=10, batch_size=8, world=2)
+    assert capped.total_steps == 7 and [capped.lr(s) for s in range(7)] == [full.lr(s) for s in range(7)]
+    with pytest.raises(ValueError, match="optim.accum_steps=2"):
+        plan_run(optim, train, batches_per_epoch=1, batch_size=8, world=1)
 
 
 def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
