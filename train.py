@@ -5,7 +5,7 @@
     torchrun --nproc_per_node 8 train.py --cfg configs/ssv2_vitb.yaml
 
 Reads top to bottom: config -> process group and device -> loader -> model -> profiling hook -> engine.fit.
-Outputs go to train.out_dir: config.yaml (the resolved config), checkpoints/, log.jsonl, tensorboard/,
+Outputs go to train.out_dir: config.yaml (the resolved config), checkpoints/, log.jsonl, tb/ (TensorBoard),
 profile.jsonl.
 """
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Heavy imports after the cheap checks: a typo in a key should not wait for torch and DALI.
     from dali_pipes import build_loader
-    from mgm.engine import NonFiniteLossError, fit, resolve_device, seed_everything, setup_distributed, train_options
+    from mgm.engine import NonFiniteLossError, fit, resolve_device, seed_everything, setup_distributed
     from mgm.model import model_from_config
     from profiling.hooks import hook_from_config
 
@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     loader = build_loader(cfg, rank=dist.rank, world_size=dist.world_size, device=str(device))
     model = model_from_config(cfg)
     hook = hook_from_config(cfg, out_dir if dist.is_main else None, str(device))
-    opts = train_options(cfg.optim, cfg.train, batch_size=cfg.data.batch_size, compile=cfg.model.compile)
     if dist.is_main:
         n_params = sum(p.numel() for p in model.parameters())
         print(f"[train] {cfg.model.size} VideoMAE, {n_params / 1e6:.1f}M parameters; {cfg.mask.name} masking at "
               f"ratio {cfg.mask.ratio} ({cfg.derived.num_masked}/{cfg.derived.num_tokens} tokens); "
               f"{len(loader)} batches of {cfg.data.batch_size} per epoch; outputs in {out_dir}")  # fmt: skip
     try:
-        summary = fit(model, loader, opts, hook=hook, dist=dist, device=device, resume=cfg.train.resume)
+        summary = fit(model, loader, cfg.optim, cfg.train, batch_size=cfg.data.batch_size, hook=hook, dist=dist,
+                      device=device)  # fmt: skip
     except NonFiniteLossError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr)
         return 1

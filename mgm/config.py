@@ -99,6 +99,8 @@ class TrainConfig:
     keep_last: int = 3
     max_bad_loss: int = 20  # non-finite losses skipped before the run stops
     log_every: int = 10
+    tensorboard: bool = True  # also write the log as TensorBoard scalars to out_dir/tb (when tensorboard imports)
+    progress: bool = True  # a tqdm progress bar on rank 0
     seed: int = 0
     resume: str = ""  # checkpoint path, or "auto" for the newest in out_dir
 

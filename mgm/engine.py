@@ -1,9 +1,9 @@
 """Training engine: optimizer, schedule, mixed precision, non-finite guard, checkpoints, logs, DDP.
 
-`fit(model, loader, opts, hook=..., dist=..., resume=...)` runs the whole loop; train.py only wires things.
-The loader is anything with __iter__, __len__, set_epoch, state_dict, load_state_dict yielding dict batches
-(video (B,3,T,H,W), mask (B,N) bool True = masked, mask_time (B,) seconds). The profiling hook is passed in
-(wait/step/phase/close); `NullHook` is used when none is given, so the loop has no `if prof:` branches.
+`fit(model, loader, cfg.optim, cfg.train, batch_size=cfg.data.batch_size, hook=..., dist=...)` runs the whole
+loop; train.py only wires things. The loader and the profiling hook are the `mgm.contracts` Protocols (dali_pipes
+and profiling implement them); `NullHook` is used when no hook is given, so the loop has no `if prof:` branches.
+Where the run stands and how long it runs (`Progress`, `Plan`) and its checkpoints are `mgm.train_state`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,64 +25,13 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
-from mgm import checkpoint as ckpt
-from mgm.lr_sched import lr_at, scaled_lr
-
-
-class NullHook:
-    """The profiling hook contract with every method a no-op."""
-
-    @contextlib.contextmanager
-    def wait(self) -> Iterator[None]:
-        yield
-
-    @contextlib.contextmanager
-    def step(self, *, clips: int, frames: int, tokens: int, mask_seconds: float) -> Iterator[None]:
-        yield
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        yield
-
-    def close(self) -> dict[str, Any]:
-        return {}
+from mgm.config import OptimConfig, TrainConfig
+from mgm.contracts import Batch, Hook, Loader, NullHook
+from mgm.train_state import Checkpoints, Plan, Progress, plan_run
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when more than `max_bad_loss` optimizer steps had a non-finite loss."""
-
-
-@dataclass
-class TrainOptions:
-    """Plain training settings; field names match config sections optim.* and train.* (see `train_options`)."""
-
-    out_dir: str
-    epochs: int
-    batch_size: int  # clips per process per micro-batch
-    max_steps: int = 0  # 0 = no cap; the schedule still spans `epochs` so a capped run is a prefix of a long one
-    base_lr: float = 1.5e-4  # scaled by total batch / 256
-    min_lr: float = 1e-6
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_epochs: float = 40.0
-    clip_grad: float = 1.0  # 0 disables clipping
-    accum_steps: int = 1
-    precision: str = "auto"  # "bf16" | "fp32" | "auto" (bf16 on CUDA, fp32 on CPU)
-    ckpt_every: int = 500  # optimizer steps between checkpoints (and one at the end)
-    keep_last: int = 3
-    max_bad_loss: int = 20
-    log_every: int = 10
-    seed: int = 0
-    compile: bool = False
-    tensorboard: bool = True
-    progress: bool = True
-
-
-def train_options(optim: Any, train: Any, *, batch_size: int, **extra: Any) -> TrainOptions:
-    """Build TrainOptions from two objects with same-named attributes (e.g. cfg.optim and cfg.train)."""
-    names = {f.name for f in dataclasses.fields(TrainOptions)}
-    kw = {n: getattr(src, n) for src in (optim, train) for n in names if hasattr(src, n)}
-    return TrainOptions(**{**kw, "batch_size": batch_size, **extra})
+    """Raised when more than train.max_bad_loss optimizer steps had a non-finite loss."""
 
 
 @dataclass(frozen=True)
@@ -176,22 +125,23 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 class _Logger:
     """JSONL always, TensorBoard when importable and wanted, tqdm bar; rank 0 only."""
 
-    def __init__(self, out_dir: Path, total: int, initial: int, opts: TrainOptions, enabled: bool) -> None:
-        self.enabled, self.every = enabled, max(1, opts.log_every)
+    def __init__(self, train: TrainConfig, total: int, initial: int, enabled: bool) -> None:
+        out_dir = Path(train.out_dir)
+        self.enabled, self.every = enabled, max(1, train.log_every)
         self.tb = self.bar = self.jsonl = None
         self.clips, self.t0 = 0, time.perf_counter()
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(out_dir / "log.jsonl", "a")  # noqa: SIM115 (closed in close())
-        if opts.tensorboard:
+        if train.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(str(out_dir / "tb"))
             except Exception:  # tensorboard not installed: JSONL is the log of record
                 self.tb = None
-        if opts.progress:
+        if train.progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
@@ -223,122 +173,118 @@ class _Logger:
 
 def fit(
     model: nn.Module,
-    loader: Any,
-    opts: TrainOptions,
+    loader: Loader,
+    optim: OptimConfig,
+    train: TrainConfig,
     *,
-    hook: Any = None,
+    batch_size: int,
+    hook: Hook | None = None,
     dist: DistInfo | None = None,
-    device: torch.device | str = "auto",
-    resume: str | Path = "",
+    device: torch.device | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train `model` (forward(video, mask) -> (loss, pred)) on `loader` until `opts.epochs` or `opts.max_steps`.
+    """Train `model` (forward(video, mask) -> (loss, pred)) on `loader` until train.epochs or train.max_steps.
 
-    resume: "" (fresh), "auto" (newest checkpoint in out_dir/checkpoints, if any), a file or a folder.
+    batch_size: clips per process per micro-batch (data.batch_size); device: None = train.device for this rank.
+    train.resume: "" (fresh), "auto" (newest checkpoint in out_dir/checkpoints, if any), a file or a folder.
     Returns a summary: steps, last/first logged loss, bad_loss count, optimizer name, last checkpoint path.
     """
-    hook = hook or NullHook()
-    dist = dist or DistInfo()
-    device = resolve_device(device, dist) if isinstance(device, str) else device
-    out_dir, ckpt_dir = Path(opts.out_dir), Path(opts.out_dir) / "checkpoints"
+    hook, dist = hook or NullHook(), dist or DistInfo()
+    device = device or resolve_device(train.device, dist)
     say = log if dist.is_main else (lambda _msg: None)
 
     raw = model.to(device)
-    if opts.compile:
-        raw.compile()  # in place: state_dict keys stay unprefixed
-    net: nn.Module = raw
+    net = raw
     if dist.world_size > 1:
         net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    accum = max(1, opts.accum_steps)
-    total_batch = opts.batch_size * accum * dist.world_size
-    peak_lr = scaled_lr(opts.base_lr, total_batch)
+    plan = plan_run(optim, train, batches_per_epoch=len(loader), batch_size=batch_size, world=dist.world_size)
     optimizer, opt_name = build_optimizer(
-        raw, lr=peak_lr, weight_decay=opts.weight_decay, betas=tuple(opts.betas), device=device
+        raw, lr=plan.peak_lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), device=device
     )
-    steps_per_epoch = len(loader) // accum
-    if steps_per_epoch < 1:
-        raise ValueError(f"loader yields {len(loader)} batches per epoch, fewer than accum_steps={accum}")
-    schedule_steps = steps_per_epoch * opts.epochs
-    total_steps = min(schedule_steps, opts.max_steps) if opts.max_steps > 0 else schedule_steps
-    warmup_steps = round(opts.warmup_epochs * steps_per_epoch)
-    say(f"[engine] optimizer {opt_name}, peak lr {peak_lr:.3g} (total batch {total_batch}), device {device}")
+    say(f"[engine] optimizer {opt_name}, peak lr {plan.peak_lr:.3g} (total batch {plan.total_batch}), device {device}")
+    ckpts = Checkpoints(Path(train.out_dir) / "checkpoints", model=raw, optimizer=optimizer, loader=loader,
+                        keep_last=train.keep_last, meta=_run_meta(optim, train, dist), say=say)  # fmt: skip
+    progress, loader_state = ckpts.restore(train.resume, plan)
 
-    step, epoch, in_epoch, bad, loader_state = 0, 0, 0, 0, None
-    path = ckpt.resolve_resume(resume, ckpt_dir)
-    if path is not None:
-        state = ckpt.load(path)
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, epoch, in_epoch, bad = state["step"], state["epoch"], state["step_in_epoch"], state["bad_loss"]
-        loader_state = state["loader"]
-        if in_epoch >= steps_per_epoch:  # saved at an epoch's end: the next one starts fresh
-            epoch, in_epoch, loader_state = epoch + 1, 0, None
-        ckpt.set_rng_state(state["rng"])
-        say(f"[engine] resumed from {path} at step {step} (epoch {epoch}, step {in_epoch} in it)")
-
-    logger = _Logger(out_dir, total_steps, step, opts, dist.is_main)
-    amp = _autocast(device, opts.precision)
-    last_ckpt, first_loss, loss_val, ckpt_errors = path, None, float("nan"), 0
+    logger = _Logger(train, plan.total_steps, progress.step, dist.is_main)
+    amp = _autocast(device, train.precision)
+    first_loss, loss = None, float("nan")
     raw.train()
     try:
-        while step < total_steps and epoch < opts.epochs:
-            loader.set_epoch(epoch)
-            if loader_state is not None:
-                loader.load_state_dict(loader_state)
-                loader_state = None
-            batches_it = iter(loader)
-            while in_epoch < steps_per_epoch and step < total_steps:
-                batches = _next_batches(batches_it, accum, hook)
-                if batches is None:  # the loader ran short of len(loader) (e.g. files dropped): next epoch
-                    say(f"[engine] epoch {epoch} ended after {in_epoch} of {steps_per_epoch} steps")
-                    in_epoch = steps_per_epoch
-                    break
-                lr = lr_at(
-                    step, peak_lr=peak_lr, min_lr=opts.min_lr, warmup_steps=warmup_steps, total_steps=schedule_steps
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                work = _work(batches, raw.num_tokens)
-                with hook.step(**work):
-                    loss_val, grad_norm = _optimizer_step(net, optimizer, batches, amp, hook, opts, device, dist)
-                step, in_epoch = step + 1, in_epoch + 1
-                if not math.isfinite(loss_val):
-                    bad += 1
-                    say(f"[engine] step {step - 1}: non-finite loss {loss_val}, step skipped ({bad} so far)")
-                    if bad > opts.max_bad_loss:
-                        raise NonFiniteLossError(
-                            f"step {step - 1}: non-finite loss for the {bad}th time (train.max_bad_loss="
-                            f"{opts.max_bad_loss}); lower optim.base_lr or check the data"
-                        )
-                first_loss = loss_val if first_loss is None else first_loss
-                logger.update(step, work["clips"] * dist.world_size, step == total_steps, epoch=epoch,
-                              loss=loss_val, lr=lr, grad_norm=grad_norm, bad_loss=bad)  # fmt: skip
-                if step % opts.ckpt_every == 0 or step == total_steps:
-                    try:
-                        last_ckpt = _save(raw, optimizer, loader, step, epoch, in_epoch, bad, opts, ckpt_dir, dist)
-                    except OSError as e:  # e.g. a full disk: keep training, the previous checkpoint stays valid
-                        ckpt_errors += 1
-                        kept = ckpt.list_checkpoints(ckpt_dir)
-                        say(f"[engine] step {step}: checkpoint not written ({e}); last complete checkpoint: "
-                            f"{kept[-1] if kept else 'none'}")  # fmt: skip
-            if in_epoch >= steps_per_epoch:
-                epoch, in_epoch = epoch + 1, 0
+        for batches in _step_batches(loader, loader_state, plan, progress, hook, say):
+            step, lr = progress.step, plan.lr(progress.step)  # step: 0-based number of this optimizer step
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            work = _work(batches, raw.num_tokens)
+            with hook.step(**work):
+                loss, grad_norm = _optimizer_step(net, optimizer, batches, amp, hook, optim.clip_grad, device, dist)
+            progress.advance(bad=not math.isfinite(loss))
+            if not math.isfinite(loss):
+                say(f"[engine] step {step}: non-finite loss {loss}, step skipped ({progress.bad_loss} so far)")
+                if progress.bad_loss > train.max_bad_loss:
+                    raise NonFiniteLossError(
+                        f"step {step}: non-finite loss for the {progress.bad_loss}th time (train.max_bad_loss="
+                        f"{train.max_bad_loss}); lower optim.base_lr or check the data"
+                    )
+            first_loss = loss if first_loss is None else first_loss
+            end = progress.step == plan.total_steps
+            logger.update(progress.step, work["clips"] * dist.world_size, end, epoch=progress.epoch, loss=loss, lr=lr,
+                          grad_norm=grad_norm, bad_loss=progress.bad_loss)  # fmt: skip
+            if dist.is_main and (progress.step % train.ckpt_every == 0 or end):
+                ckpts.save(progress)
     finally:
         logger.close()
     return {
-        "steps": step,
-        "epoch": epoch,
+        "steps": progress.step,
+        "epoch": progress.epoch,
         "first_loss": float("nan") if first_loss is None else first_loss,  # nan: no step ran (already finished)
-        "last_loss": loss_val,
-        "bad_loss": bad,
+        "last_loss": loss,
+        "bad_loss": progress.bad_loss,
         "optimizer": opt_name,
-        "peak_lr": peak_lr,
-        "checkpoint": str(last_ckpt) if last_ckpt else None,
-        "checkpoint_errors": ckpt_errors,
+        "peak_lr": plan.peak_lr,
+        "checkpoint": str(ckpts.last) if ckpts.last else None,
+        "checkpoint_errors": ckpts.errors,
     }
 
 
-def _next_batches(it: Iterator[dict[str, torch.Tensor]], accum: int, hook: Any) -> list | None:
+def _step_batches(
+    loader: Loader,
+    loader_state: dict[str, Any] | None,
+    plan: Plan,
+    progress: Progress,
+    hook: Hook,
+    say: Callable[[str], None],
+) -> Iterator[list[Batch]]:
+    """The micro-batches of each optimizer step left to run, epoch by epoch from `progress`'s position.
+
+    The caller advances `progress` after each step; this moves it to the next epoch when one is used up, or
+    when the loader runs short of len(loader) (e.g. files dropped). loader_state: where to resume mid-epoch.
+    """
+    while not plan.done(progress):
+        loader.set_epoch(progress.epoch)
+        if loader_state is not None:
+            loader.load_state_dict(loader_state)
+            loader_state = None
+        batches_it = iter(loader)
+        while progress.step_in_epoch < plan.steps_per_epoch:
+            if progress.step >= plan.total_steps:
+                return  # train.max_steps reached mid-epoch: this epoch is not over
+            batches = _next_batches(batches_it, plan.accum, hook)
+            if batches is None:  # the loader ran short of len(loader) (e.g. files dropped)
+                say(f"[engine] epoch {progress.epoch} ended after {progress.step_in_epoch} of "
+                    f"{plan.steps_per_epoch} steps")  # fmt: skip
+                break
+            yield batches
+        progress.next_epoch()
+
+
+def _run_meta(optim: OptimConfig, train: TrainConfig, dist: DistInfo) -> dict[str, Any]:
+    """What a checkpoint records about the run beyond its state: the settings it ran with."""
+    return {"config": {"optim": dataclasses.asdict(optim), "train": dataclasses.asdict(train)},
+            "world_size": dist.world_size}  # fmt: skip
+
+
+def _next_batches(it: Iterator[Batch], accum: int, hook: Hook) -> list[Batch] | None:
     """The next `accum` micro-batches, each fetched inside hook.wait(); None when the epoch runs out."""
     batches = []
     for _ in range(accum):
@@ -350,7 +296,7 @@ def _next_batches(it: Iterator[dict[str, torch.Tensor]], accum: int, hook: Any) 
     return batches
 
 
-def _work(batches: list[dict[str, torch.Tensor]], tokens_per_clip: int) -> dict[str, Any]:
+def _work(batches: list[Batch], tokens_per_clip: int) -> dict[str, Any]:
     """What one optimizer step processes on this rank, in the hook.step(...) keywords."""
     clips = sum(b["video"].shape[0] for b in batches)
     return {
@@ -364,16 +310,17 @@ def _work(batches: list[dict[str, torch.Tensor]], tokens_per_clip: int) -> dict[
 def _optimizer_step(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
-    batches: list[dict[str, torch.Tensor]],
+    batches: list[Batch],
     amp: contextlib.AbstractContextManager,
-    hook: Any,
-    opts: TrainOptions,
+    hook: Hook,
+    clip_grad: float,
     device: torch.device,
     dist: DistInfo,
 ) -> tuple[float, float]:
     """Forward/backward over the micro-batches, then clip and step unless the loss is non-finite.
 
-    Returns (mean loss over micro-batches and ranks, grad norm before clipping; nan when skipped).
+    clip_grad: max gradient norm, 0 = no clipping. Returns (mean loss over micro-batches and ranks, grad norm
+    before clipping; nan when skipped).
     """
     accum = len(batches)
     total = torch.zeros((), device=device)
@@ -394,41 +341,8 @@ def _optimizer_step(
         return loss_val, float("nan")
     with hook.phase("optimizer"):
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        clip = opts.clip_grad if opts.clip_grad > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip, foreach=True))
+        max_norm = clip_grad if clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return loss_val, grad_norm
-
-
-def _save(
-    raw: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loader: Any,
-    step: int,
-    epoch: int,
-    in_epoch: int,
-    bad: int,
-    opts: TrainOptions,
-    ckpt_dir: Path,
-    dist: DistInfo,
-) -> Path | None:
-    """Rank 0 writes model, optimizer, position, loader state and RNG atomically, then prunes old files."""
-    if not dist.is_main:
-        return None
-    state = {
-        "model": raw.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": None,  # bf16 needs no loss scaler; the key keeps the file layout stable
-        "step": step,
-        "epoch": epoch,
-        "step_in_epoch": in_epoch,
-        "bad_loss": bad,
-        "loader": loader.state_dict(),
-        "rng": ckpt.rng_state(),
-        "options": dataclasses.asdict(opts),
-        "world_size": dist.world_size,
-    }
-    path = ckpt.save_atomic(state, ckpt.checkpoint_path(ckpt_dir, step))
-    ckpt.prune(ckpt_dir, opts.keep_last)
-    return path

@@ -1,7 +1,7 @@
 """VideoMAE pretraining model: tubelet embedding, ViT encoder over visible tokens, light decoder, pixel loss.
 
 Conventions (shared with the loader and the masks):
-- video: (B, 3, T, H, W) float, normalized with ImageNet mean/std;
+- video: (B, 3, T, H, W) float, normalized with data.mean / data.std (ImageNet's by default);
 - mask: (B, N) bool, True = masked, the same number of True per row; N = T/ts * H/p * W/p, token order (t, h, w);
 - a predicted patch vector is laid out (ts, p, p, C) (`patchify`), as in VideoMAE and Hugging Face
   `VideoMAEForPreTraining`, so weights map one to one (`load_hf_state_dict`) and predictions compare directly.
@@ -10,21 +10,31 @@ Speed, with the same math: the tubelet embedding is a Conv3d with stride = kerne
 patch vector, so the encoder embeds only the visible patches (10% at ratio 0.9) instead of every tubelet; the
 input is cut into channel-first patch vectors (`patch_tokens`) so the target's per-channel statistics reduce
 over contiguous memory; the un-normalization of the target folds into the epsilon (see `targets`).
+
+Settings come from the config tree, defined once there: `VideoMAEPretrain(cfg.model, cfg.data)` (what
+`model_from_config` does) or, without a whole Config, `create_model("small", DataConfig(num_frames=8), drop_path=0.1)`.
+timm supplies the layers that are the same math as VideoMAE's (Mlp, DropPath); einops the patch layouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from mgm.config import Config, DataConfig, ModelConfig
+
+IN_CHANS = 3  # RGB
+MLP_RATIO = 4.0
+NORM_EPS = 1e-6  # VideoMAE's LayerNorm epsilon
 
 
 @dataclass(frozen=True)
@@ -46,21 +56,29 @@ MODEL_SIZES: dict[str, ModelSize] = {
 }
 
 
+def model_size(model: ModelConfig) -> ModelSize:
+    """The widths and depths `model` asks for: its registered size, with decoder_* keys other than 0 applied."""
+    if model.size not in MODEL_SIZES:
+        raise ValueError(f"model.size={model.size!r} is not one of {sorted(MODEL_SIZES)}")
+    s = MODEL_SIZES[model.size]
+    return dataclasses.replace(
+        s,
+        decoder_dim=model.decoder_dim or s.decoder_dim,
+        decoder_depth=model.decoder_depth or s.decoder_depth,
+        decoder_heads=model.decoder_heads or s.decoder_heads,
+    )
+
+
 def patchify(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, N, ts*p*p*C), tokens in (t, h, w) order, each vector laid out (ts, p, p, C)."""
-    b, c, t, h, w = video.shape
-    x = video.reshape(b, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
-    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)  # (B, T2, Hp, Wp, ts, p, p, C)
-    return x.reshape(b, -1, tubelet * patch * patch * c)
+    return rearrange(video, "b c (t ts) (h p) (w q) -> b (t h w) (ts p q c)", ts=tubelet, p=patch, q=patch)
 
 
 def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], tubelet: int, patch: int) -> torch.Tensor:
     """(B, N, ts*p*p*C) -> (B, C, T, H, W); the inverse of `patchify` for a token grid (T2, Hp, Wp)."""
-    b = patches.shape[0]
     t2, hp, wp = grid
-    x = patches.reshape(b, t2, hp, wp, tubelet, patch, patch, -1)  # (B, T2, Hp, Wp, ts, p, p, C)
-    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T2, ts, Hp, p, Wp, p)
-    return x.reshape(b, -1, t2 * tubelet, hp * patch, wp * patch)
+    pattern = "b (t h w) (ts p q c) -> b c (t ts) (h p) (w q)"
+    return rearrange(patches, pattern, t=t2, h=hp, w=wp, ts=tubelet, p=patch, q=patch)
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -72,20 +90,6 @@ def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(angle[:, 0::2])
     table[:, 1::2] = torch.cos(angle[:, 1::2])
     return table.float()[None]
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample with probability `p` (training only)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        keep = x.new_empty(x.shape[0], *([1] * (x.ndim - 1))).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
 
 
 class Attention(nn.Module):
@@ -100,34 +104,23 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
+        """(B, N, C) -> (B, N, C)."""
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).reshape(b, n, 3, self.heads, c // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, C/heads)
+        qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3C)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)  # each (B, h, N, C/h)
         x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.proj(rearrange(x, "b h n d -> b n (h d)"))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, eps: float = 1e-6, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.mlp = Mlp(dim, int(dim * MLP_RATIO))  # fc1 -> GELU -> fc2, as VideoMAE (dropout 0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,55 +129,44 @@ class Block(nn.Module):
 
 
 class VideoMAEPretrain(nn.Module):
-    """VideoMAE encoder-decoder for masked-video pretraining; `forward(video, mask)` returns (loss, pred)."""
+    """VideoMAE encoder-decoder for masked-video pretraining; `forward(video, mask)` returns (loss, pred).
 
-    def __init__(
-        self,
-        *,
-        num_frames: int = 16,
-        input_size: int = 224,
-        tubelet: int = 2,
-        patch: int = 16,
-        in_chans: int = 3,
-        dim: int = 768,
-        depth: int = 12,
-        heads: int = 12,
-        decoder_dim: int = 384,
-        decoder_depth: int = 4,
-        decoder_heads: int = 6,
-        mlp_ratio: float = 4.0,
-        norm_eps: float = 1e-6,
-        norm_pix_loss: bool = True,
-        drop_path: float = 0.0,
-        grad_checkpointing: bool = False,
-        pixel_mean: tuple[float, ...] = IMAGENET_MEAN,
-        pixel_std: tuple[float, ...] = IMAGENET_STD,
-    ) -> None:
+    model: size, token shape (tubelet, patch), decoder overrides, loss and memory switches (mgm.config.ModelConfig;
+    with model.compile the module compiles itself in place, so state_dict keys stay unprefixed).
+    data: the clips it is fed: num_frames x input_size^2, normalized with mean / std (mgm.config.DataConfig).
+    """
+
+    def __init__(self, model: ModelConfig, data: DataConfig) -> None:
         super().__init__()
-        if num_frames % tubelet or input_size % patch:
-            raise ValueError(f"num_frames={num_frames} / input_size={input_size} not divisible by {tubelet}/{patch}")
+        tubelet, patch, s = model.tubelet, model.patch, model_size(model)
+        if data.num_frames % tubelet or data.input_size % patch:
+            raise ValueError(
+                f"data.num_frames={data.num_frames} / data.input_size={data.input_size} not divisible by "
+                f"model.tubelet={tubelet} / model.patch={patch}"
+            )
         self.tubelet, self.patch = tubelet, patch
-        self.grid = (num_frames // tubelet, input_size // patch, input_size // patch)
+        self.grid = (data.num_frames // tubelet, data.input_size // patch, data.input_size // patch)
         self.num_tokens = math.prod(self.grid)
-        self.norm_pix_loss = norm_pix_loss
-        self.grad_checkpointing = grad_checkpointing
+        self.norm_pix_loss = model.norm_pix_loss
+        self.grad_checkpointing = model.grad_checkpointing
         self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv3d(in_chans, dim, (tubelet, patch, patch), (tubelet, patch, patch))
-        self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, dim), persistent=False)
-        rates = torch.linspace(0, drop_path, depth).tolist()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, norm_eps, r) for r in rates)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.encoder_to_decoder = nn.Linear(dim, decoder_dim, bias=False)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.register_buffer("decoder_pos_embed", sinusoid_table(self.num_tokens, decoder_dim), persistent=False)
-        self.decoder_blocks = nn.ModuleList(
-            Block(decoder_dim, decoder_heads, mlp_ratio, norm_eps) for _ in range(decoder_depth)
-        )
-        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=norm_eps)
-        self.head = nn.Linear(decoder_dim, tubelet * patch * patch * in_chans)
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std), persistent=False)
+        self.patch_embed.proj = nn.Conv3d(IN_CHANS, s.dim, (tubelet, patch, patch), (tubelet, patch, patch))
+        self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, s.dim), persistent=False)
+        rates = torch.linspace(0, model.drop_path, s.depth).tolist()
+        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r) for r in rates)
+        self.norm = nn.LayerNorm(s.dim, eps=NORM_EPS)
+        self.encoder_to_decoder = nn.Linear(s.dim, s.decoder_dim, bias=False)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, s.decoder_dim))
+        self.register_buffer("decoder_pos_embed", sinusoid_table(self.num_tokens, s.decoder_dim), persistent=False)
+        self.decoder_blocks = nn.ModuleList(Block(s.decoder_dim, s.decoder_heads) for _ in range(s.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(s.decoder_dim, eps=NORM_EPS)
+        self.head = nn.Linear(s.decoder_dim, tubelet * patch * patch * IN_CHANS)
+        # The loader's normalization, undone for pixel targets when norm_pix_loss is off.
+        self.register_buffer("pixel_mean", torch.tensor(data.mean), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(data.std), persistent=False)
         self._init_weights()
+        if model.compile:
+            self.compile()  # lazily, on the first call (after .to(device))
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -223,10 +205,8 @@ class VideoMAEPretrain(nn.Module):
         Channel-first keeps each channel's pixels contiguous for the per-patch statistics of the target, and
         makes the embedding a plain linear map with the flattened kernel.
         """
-        b, c, t, h, w = video.shape
-        ts, p = self.tubelet, self.patch
-        x = video.reshape(b, c, t // ts, ts, h // p, p, w // p, p)
-        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, -1, c * ts * p * p)  # (B, T2*Hp*Wp, C*ts*p*p)
+        pattern = "b c (t ts) (h p) (w q) -> b (t h w) (c ts p q)"
+        return rearrange(video, pattern, ts=self.tubelet, p=self.patch, q=self.patch)  # (B, T2*Hp*Wp, C*ts*p*p)
 
     def forward_encoder(self, patches_vis: torch.Tensor, vis_ids: torch.Tensor) -> torch.Tensor:
         """(B, V, C*ts*p*p) visible `patch_tokens` at token ids (B, V) -> (B, V, D) encoded tokens."""
@@ -252,9 +232,7 @@ class VideoMAEPretrain(nn.Module):
         un-normalized; the statistics reduce over contiguous channel-first memory, then one copy lays the
         target out like the predictions.
         """
-        b, m, _ = patches_masked.shape
-        c = self.pixel_std.numel()
-        x = patches_masked.reshape(b, m, c, -1)  # (B, M, C, ts*p*p)
+        x = rearrange(patches_masked, "b m (c k) -> b m c k", c=self.pixel_std.numel())  # (B, M, C, ts*p*p)
         std, mean = self.pixel_std[:, None], self.pixel_mean[:, None]  # (C, 1)
         if self.norm_pix_loss:
             d = x - x.mean(-1, keepdim=True)
@@ -262,7 +240,7 @@ class VideoMAEPretrain(nn.Module):
             x = d.div_(sd.add_(1e-6 / std))
         else:
             x = x * std + mean
-        return x.transpose(2, 3).reshape(b, m, -1)  # (B, M, ts*p*p*C)
+        return rearrange(x, "b m c k -> b m (k c)")  # (B, M, ts*p*p*C)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video (B, 3, T, H, W), mask (B, N) bool True = masked -> (scalar loss, (B, M, ts*p*p*C) predictions)."""
@@ -276,39 +254,13 @@ class VideoMAEPretrain(nn.Module):
         return F.mse_loss(pred.float(), target), pred  # fp32 loss under bf16 autocast
 
 
-def create_model(
-    size: str,
-    *,
-    num_frames: int = 16,
-    input_size: int = 224,
-    tubelet: int = 2,
-    patch: int = 16,
-    decoder_dim: int | None = None,
-    decoder_depth: int | None = None,
-    decoder_heads: int | None = None,
-    norm_pix_loss: bool = True,
-    drop_path: float = 0.0,
-    grad_checkpointing: bool = False,
-) -> VideoMAEPretrain:
-    """Build a registered size ("tiny" | "small" | "base" | "large"); decoder_* = None keeps the size's default."""
-    if size not in MODEL_SIZES:
-        raise ValueError(f"model.size={size!r} is not one of {sorted(MODEL_SIZES)}")
-    s = MODEL_SIZES[size]
-    return VideoMAEPretrain(
-        num_frames=num_frames,
-        input_size=input_size,
-        tubelet=tubelet,
-        patch=patch,
-        dim=s.dim,
-        depth=s.depth,
-        heads=s.heads,
-        decoder_dim=decoder_dim or s.decoder_dim,
-        decoder_depth=decoder_depth or s.decoder_depth,
-        decoder_heads=decoder_heads or s.decoder_heads,
-        norm_pix_loss=norm_pix_loss,
-        drop_path=drop_path,
-        grad_checkpointing=grad_checkpointing,
-    )
+def create_model(size: str = "base", data: DataConfig | None = None, **model: Any) -> VideoMAEPretrain:
+    """A registered size ("tiny" | "small" | "base" | "large") without a whole Config.
+
+    data: the clip shape and normalization (default DataConfig(): 16 frames of 224^2, ImageNet mean/std);
+    model: any other ModelConfig key, e.g. drop_path=0.1 or norm_pix_loss=False (a wrong name is a TypeError).
+    """
+    return VideoMAEPretrain(ModelConfig(size=size, **model), data or DataConfig())
 
 
 _HF_BLOCK = {
@@ -358,19 +310,6 @@ def load_hf_state_dict(model: VideoMAEPretrain, hf: dict[str, torch.Tensor]) -> 
     model.load_state_dict(hf_to_mgm_state_dict(hf), strict=True)
 
 
-def model_from_config(cfg: Any) -> VideoMAEPretrain:
-    """The model a run's config (mgm.config.Config) describes: model.* and the clip shape from data.*."""
-    m, d = cfg.model, cfg.data
-    return create_model(
-        m.size,
-        num_frames=d.num_frames,
-        input_size=d.input_size,
-        tubelet=m.tubelet,
-        patch=m.patch,
-        decoder_dim=m.decoder_dim,
-        decoder_depth=m.decoder_depth,
-        decoder_heads=m.decoder_heads,
-        norm_pix_loss=m.norm_pix_loss,
-        drop_path=m.drop_path,
-        grad_checkpointing=m.grad_checkpointing,
-    )
+def model_from_config(cfg: Config) -> VideoMAEPretrain:
+    """The model a run's config describes: model.* and the clips data.* describes (shape, mean/std)."""
+    return VideoMAEPretrain(cfg.model, cfg.data)

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from mgm.config import DataConfig  # noqa: E402
 from mgm.model import MODEL_SIZES, create_model, load_hf_state_dict  # noqa: E402
 from profiling.report_format import emit  # noqa: E402
 
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.manual_seed(0)
     dev = torch.device(a.device)
+    clip = DataConfig(num_frames=a.frames, input_size=a.input_size)
     hf = hf_model(a.size, a.frames, a.input_size, True).to(dev)
-    ours = create_model(a.size, num_frames=a.frames, input_size=a.input_size).to(dev)
+    ours = create_model(a.size, clip).to(dev)
     load_hf_state_dict(ours, hf.state_dict())  # same weights: the first losses must agree
     ours.decoder_norm.eps = hf.decoder.norm.eps
     gen = torch.Generator().manual_seed(0)
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     # FLOPs of one forward+backward: the speedup a model can get at equal kernel efficiency is HF's over ours.
     gflops = {name: step_gflops(fn) for name, fn in runs.items()}
     if a.compile:
-        comp = create_model(a.size, num_frames=a.frames, input_size=a.input_size).to(dev)
+        comp = create_model(a.size, clip).to(dev)
         comp.load_state_dict(ours.state_dict())
         comp.compile()
         runs["ours_compiled"] = make_step(comp, lambda m: m(video, mask)[0])

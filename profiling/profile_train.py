@@ -14,6 +14,7 @@ it) and, with profiling.trace_steps, a Chrome trace.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shutil
 import sys
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from dali_pipes import build_loader
     from mgm.config import load_config, save_config
-    from mgm.engine import fit, resolve_device, train_options
+    from mgm.engine import fit, resolve_device
     from mgm.model import model_from_config
 
     cfg = load_config(a.cfg, a.overrides)
@@ -79,10 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     setup_s = time.perf_counter() - t0
     # Enough epochs for N steps; the LR schedule does not matter for timing.
     epochs = max(cfg.train.epochs, math.ceil(a.steps / max(len(loader) // cfg.optim.accum_steps, 1)))
-    opts = train_options(
-        cfg.optim,
+    train = dataclasses.replace(
         cfg.train,
-        batch_size=cfg.data.batch_size,
         out_dir=str(out),
         epochs=epochs,
         max_steps=a.steps,
@@ -90,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log_every=max(a.steps, 1),
         tensorboard=False,
         progress=False,
-        compile=cfg.model.compile,
+        resume="",  # a fresh timed run, whatever the config says
     )
     p = cfg.profiling
     interval = a.interval or max(1, min(p.interval, a.steps // 10))
@@ -108,7 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"[profile_train] {a.cfg}: {a.steps} steps, loader {loader.stats.get('loader', '?')}, "
           f"model {cfg.model.size}, batch {cfg.data.batch_size}, device {device}", flush=True)  # fmt: skip
     try:
-        result = fit(model, loader, opts, hook=hook, device=device, log=lambda s: print(s, flush=True))
+        result = fit(model, loader, cfg.optim, train, batch_size=cfg.data.batch_size, hook=hook, device=device,
+                     log=lambda s: print(s, flush=True))  # fmt: skip
     finally:
         summary = hook.close()
         with_close = getattr(loader, "close", None)

@@ -8,14 +8,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mgm.config import DataConfig
 from mgm.model import VideoMAEPretrain, create_model
 
 FRAMES, SIZE, RATIO = 4, 64, 0.75  # token grid (2, 4, 4): 32 tokens, 12 of 16 masked per slot
 
 
-def tiny_model(seed: int = 0, **kw: Any) -> VideoMAEPretrain:
+CLIP = DataConfig(num_frames=FRAMES, input_size=SIZE)
+
+
+def tiny_model(seed: int = 0, **model: Any) -> VideoMAEPretrain:
+    """The "tiny" size for FRAMES x SIZE^2 clips; `model` sets other ModelConfig keys (drop_path=0.1, ...)."""
     torch.manual_seed(seed)
-    return create_model("tiny", num_frames=FRAMES, input_size=SIZE, **kw)
+    return create_model("tiny", CLIP, **model)
 
 
 def smooth_clip(gen: torch.Generator, frames: int = FRAMES, size: int = SIZE) -> torch.Tensor:

@@ -24,14 +24,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     from _fakes import FakeLoader, tiny_model
 
-    from mgm.engine import TrainOptions, fit, setup_distributed
+    from mgm.config import OptimConfig, TrainConfig
+    from mgm.engine import fit, setup_distributed
 
     dist = setup_distributed("auto")
     model = tiny_model(seed=rank)  # different inits: DDP must broadcast rank 0's weights
     loader = FakeLoader(8, 2, rank=rank, world_size=world)
-    opts = TrainOptions(out_dir=out, epochs=1, batch_size=2, base_lr=0.1, warmup_epochs=0, ckpt_every=1000,
-                        progress=False, tensorboard=False)  # fmt: skip
-    summary = fit(model, loader, opts, dist=dist, device="cpu", log=lambda _m: None)
+    optim = OptimConfig(base_lr=0.1, warmup_epochs=0)
+    train = TrainConfig(out_dir=out, epochs=1, ckpt_every=1000, device="cpu", progress=False, tensorboard=False)
+    summary = fit(model, loader, optim, train, batch_size=loader.batch_size, dist=dist, log=lambda _m: None)
     torch.save({"state": model.state_dict(), "summary": summary}, Path(out) / f"rank{rank}.pt")
     tdist.destroy_process_group()
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _fakes import FRAMES, RATIO, SIZE, tiny_model, tube_mask
+from _fakes import CLIP, FRAMES, RATIO, SIZE, tiny_model, tube_mask
 
-from mgm.model import IMAGENET_MEAN, IMAGENET_STD, MODEL_SIZES, create_model, patchify, unpatchify
+from mgm.config import IMAGENET_MEAN, IMAGENET_STD, load_config
+from mgm.model import MODEL_SIZES, create_model, model_from_config, patchify, unpatchify
 
 
 def _batch(b: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +49,7 @@ def test_visible_only_embedding_equals_conv3d() -> None:
 @pytest.mark.parametrize("size", ["tiny", "small"])
 def test_forward_backward_finite_every_param_has_grad(size: str) -> None:
     torch.manual_seed(0)
-    model = create_model(size, num_frames=FRAMES, input_size=SIZE, drop_path=0.1)
+    model = create_model(size, CLIP, drop_path=0.1)
     video, mask = _batch()
     loss, pred = model(video, mask)
     loss.backward()
@@ -71,24 +72,44 @@ def test_encoder_sees_fixed_visible_count_and_rejects_ragged_masks() -> None:
         model(video, mask)
 
 
-@pytest.mark.parametrize("norm_pix", [True, False])
-def test_loss_equals_direct_formula(norm_pix: bool) -> None:
-    model = tiny_model(norm_pix_loss=norm_pix)
-    video, mask = _batch()
-    with torch.no_grad():
-        loss, pred = model(video, mask)
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None, None]
-    pixels = video * std + mean  # back to [0, 1] pixels, channel-wise
+def _direct_loss(video: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, norm_pix: bool,
+                 mean: list[float], std: list[float]) -> torch.Tensor:  # fmt: skip
+    """The loss written out: masked patches of the un-normalized video (optionally standardised) vs `pred`."""
+    pixels = video * torch.tensor(std)[:, None, None, None] + torch.tensor(mean)[:, None, None, None]  # [0, 1]
     expect = []
-    for b in range(2):
+    for b in range(video.shape[0]):
         rows = patchify(pixels[b : b + 1], 2, 16)[0][mask[b]]  # (M, ts*p*p*C) masked patches in token order
         rows = rows.reshape(rows.shape[0], -1, 3)  # (M, ts*p*p, C)
         if norm_pix:
             mu, sd = rows.mean(1, keepdim=True), rows.var(1, unbiased=True, keepdim=True).sqrt()
             rows = (rows - mu) / (sd + 1e-6)
         expect.append(((pred[b] - rows.reshape(rows.shape[0], -1)) ** 2).mean())
-    torch.testing.assert_close(loss, torch.stack(expect).mean(), rtol=1e-5, atol=1e-6)
+    return torch.stack(expect).mean()
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_loss_equals_direct_formula(norm_pix: bool) -> None:
+    model = tiny_model(norm_pix_loss=norm_pix)
+    video, mask = _batch()
+    with torch.no_grad():
+        loss, pred = model(video, mask)
+    expect = _direct_loss(video, mask, pred, norm_pix, IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_data_mean_and_std_reach_the_pixel_targets() -> None:
+    # Without norm_pix_loss the target is the video un-normalized with the statistics the loader normalized it
+    # with (data.mean / data.std), not ImageNet's.
+    cfg = load_config(None, ["model.size=tiny", f"data.num_frames={FRAMES}", f"data.input_size={SIZE}",
+                             f"mask.ratio={RATIO}", "model.norm_pix_loss=false", "data.mean=[0.45,0.5,0.55]",
+                             "data.std=[0.3,0.2,0.1]"])  # fmt: skip
+    torch.manual_seed(0)
+    model = model_from_config(cfg)
+    video, mask = _batch()
+    with torch.no_grad():
+        loss, pred = model(video, mask)
+    expect = _direct_loss(video, mask, pred, False, cfg.data.mean, cfg.data.std)
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
 
 
 def test_grad_checkpointing_gives_the_same_gradients() -> None:
@@ -104,3 +125,9 @@ def test_grad_checkpointing_gives_the_same_gradients() -> None:
 def test_unknown_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="model.size='huge'"):
         create_model("huge")
+
+
+def test_model_compile_key_compiles_in_place_keeping_state_dict_keys() -> None:
+    plain, compiled = tiny_model(), tiny_model(compile=True)
+    assert plain._compiled_call_impl is None and compiled._compiled_call_impl is not None  # nothing traced yet
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no "_orig_mod." prefix: checkpoints load
