@@ -2,8 +2,8 @@
 
 With online motion, one decode per clip (mgm.motion.read_span) yields both the RGB frames the clip needs and
 the motion vectors of its span, so motion costs no second decode; with a motion cache or a motion-blind mask
-a plain seek + decode (`decode_frames`) does. The pixels go through the same crop box, resize (bilinear
-with antialiasing, as DALI's default), flip and normalization as in dali_pipes.graph.
+a plain decode of the chosen frames (`mgm.video.iter_frames`) does. The pixels go through the same crop box,
+resize (bilinear with antialiasing, as DALI's default), flip and normalization as in dali_pipes.graph.
 
 Where the time goes (320x240 H.264, 16 frames at stride 2, 2 cores): decoding the span is most of a clip; the
 rest is kept small by (1) converting only the kept frames to RGB through one reused swscale context, (2) cropping
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from dali_pipes.adapter import LoaderBase
 from dali_pipes.sampler import ClipSampler, ClipSpec
 from dali_pipes.sources import BadVideoError, MaskMaker, with_replacement
-from mgm.motion import to_rgb
+from mgm.video import iter_frames, to_rgb
 
 
 class ClipResizer:
@@ -108,44 +107,6 @@ def crop_resize(
     return normalize(clip[None], mean, std, dtype=torch.float32, device=torch.device("cpu"))[0]
 
 
-def iter_frames(path: str, indices: Sequence[int]) -> Iterator[tuple[int, Any]]:
-    """(index, av.VideoFrame) of each distinct frame at `indices`, in decoding order, from one seek + decode.
-
-    Frame i is the i-th frame in presentation order (sorted packet timestamps), the numbering DALI and
-    mgm.motion use. Decoding starts at the last key frame at or before the first wanted frame.
-    """
-    import av
-
-    wanted = set(int(i) for i in indices)
-    with av.open(path) as c:
-        s = c.streams.video[0]
-        s.thread_type, s.thread_count = "SLICE", 1  # workers parallelize over clips; threads would fight them
-        pts, keys = [], []
-        for p in c.demux(s):
-            if p.pts is not None and p.size:
-                pts.append(p.pts)
-                keys.append(p.is_keyframe)
-        order = np.argsort(pts, kind="stable")
-        sorted_pts = np.asarray(pts, np.int64)[order]
-        key_pts = {pts[j] for j in range(len(pts)) if keys[j]}
-        first, last = min(wanted), max(wanted)
-        start = max((i for i in range(first + 1) if int(sorted_pts[i]) in key_pts), default=0)
-        c.seek(int(sorted_pts[start]), stream=s, backward=True, any_frame=False)
-        index = {int(p): i for i, p in enumerate(sorted_pts)}
-        for frame in c.decode(s):
-            i = index.get(int(frame.pts), -1) if frame.pts is not None else -1
-            if i in wanted:
-                wanted.discard(i)
-                yield i, frame
-            if i >= last:
-                break
-
-
-def decode_frames(path: str, indices: Sequence[int]) -> dict[int, np.ndarray]:
-    """RGB frames {index: (H, W, 3) uint8} at `indices`, in one seek + decode (see `iter_frames`)."""
-    return {i: to_rgb(frame) for i, frame in iter_frames(path, indices)}
-
-
 def _new_batch(shape: tuple[int, ...]) -> torch.Tensor:
     """Empty uint8 tensor for a batch; inside a DataLoader worker, in shared memory (what default_collate does),
     so that handing it to the main process copies nothing."""
@@ -199,7 +160,7 @@ class ClipDataset(Dataset):
                 for i, frame in iter_frames(path, idx):
                     add(i, to_rgb(frame))
             frames = {i: f for r in resizers.values() for i, f in r.result().items()}
-        except Exception as e:  # MotionReadError, codec errors, a vanished file: name it and move on
+        except Exception as e:  # MotionReadError, VideoError, a vanished file: name it and move on
             raise BadVideoError(f"{path}: decode failed ({type(e).__name__}: {e})") from None
         missing = sorted(set(idx.tolist()) - set(frames))
         if missing:

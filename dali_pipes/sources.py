@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 import warnings
 from collections.abc import Callable
@@ -39,24 +38,21 @@ def probe(data: bytes, name: str) -> tuple[int, int, int]:
     containers here, in the worker, where the file can be named and replaced, rather than inside DALI's
     decoder, where an error ends the whole batch.
     """
-    import av
+    from mgm.video import VideoError
+    from mgm.video import probe as probe_video
 
     try:
-        with av.open(io.BytesIO(data), "r") as c:
-            if not c.streams.video:
-                raise BadVideoError(f"{name}: no video stream")
-            s = c.streams.video[0]
-            h, w = s.codec_context.height, s.codec_context.width
-            if h <= 0 or w <= 0:
-                raise BadVideoError(f"{name}: video stream has no frame size")
-            packets = sum(1 for p in c.demux(s) if p.size)
-            if packets < 1:
-                raise BadVideoError(f"{name}: no video frames")
-            return h, w, packets
-    except BadVideoError:
-        raise
+        info = probe_video(data, name=name)
+    except VideoError as e:
+        raise BadVideoError(str(e)) from None
     except Exception as e:  # av raises many error types for garbage input
         raise BadVideoError(f"{name}: cannot open as video ({type(e).__name__}: {e})") from None
+    (h, w), packets = info.size, info.packets or 0
+    if h <= 0 or w <= 0:
+        raise BadVideoError(f"{name}: video stream has no frame size")
+    if packets < 1:
+        raise BadVideoError(f"{name}: no video frames")
+    return h, w, packets
 
 
 def read_bytes(path: str) -> bytes:

@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import av
+from mgm import video
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
-# Codecs whose FFmpeg decoder can export motion vectors (DESIGN: Motion vectors).
-MV_CODECS = {"h264", "mpeg4", "h263", "mpeg1video", "mpeg2video", "msmpeg4v2", "msmpeg4v3"}
 
 
 class AnnotationError(ValueError):
@@ -185,96 +183,14 @@ def read_classes(path: str | Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- probing
-class VideoFileError(Exception):
-    """A video file cannot be used; `reason` is one word for rejects lists, `detail` says more."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
-
-
-def open_video(path: str) -> av.container.InputContainer:
-    """Open `path` for reading; raise VideoFileError (missing / empty / unreadable / no_video_stream) otherwise."""
-    if not os.path.isfile(path):
-        raise VideoFileError("missing", "no such file")
-    if os.path.getsize(path) == 0:  # FFmpeg would only say "Invalid data found"
-        raise VideoFileError("empty", "file is empty (0 bytes)")
-    try:
-        container = av.open(path)
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise VideoFileError("unreadable", str(e)) from None
-    if not container.streams.video:
-        container.close()
-        raise VideoFileError("no_video_stream", "container has no video stream")
-    return container
-
-
-def decode_checked(container: av.container.InputContainer, path: str) -> Iterator[av.VideoFrame]:
-    """Every frame of the first video stream. Raises VideoFileError: `truncated` when data the container
-    points to lies past the end of the file or fewer frames decode than it promises, `decode_error` for
-    other corrupt data, `no_frames` when nothing decodes."""
-    stream = container.streams.video[0]
-    claimed, file_size, n, end = stream.frames, os.path.getsize(path), 0, 0.0
-    for packet in container.demux(stream):
-        try:
-            frames = packet.decode()
-        except (av.FFmpegError, ValueError) as e:
-            if packet.pos is not None and packet.pos + packet.size >= file_size:  # cut short mid-packet
-                raise VideoFileError("truncated", f"data ends at byte {file_size}, after {n} frames") from None
-            raise VideoFileError("decode_error", f"after {n} frames: {e}") from None
-        for frame in frames:
-            n += 1
-            end = max(end, float(frame.time or 0.0))
-            yield frame
-    if n == 0:
-        raise VideoFileError("no_frames", "no frame decodes")
-    if claimed and n < claimed:
-        raise VideoFileError("truncated", f"decoded {n} of {claimed} frames")
-    if not claimed:  # WebM/MKV store no frame count, only a duration: compare the decoded span with it
-        promised = _promised_seconds(container)
-        step = 1 / float(stream.average_rate or 25)
-        if promised and end + step < promised - max(2 * step, 0.05 * promised):
-            raise VideoFileError("truncated", f"frames span {end + step:.2f} s of the promised {promised:.2f} s")
-
-
-def _promised_seconds(container: av.container.InputContainer) -> float:
-    """Duration the header promises for the video stream (container duration only when it has no other
-    stream, since an audio track may run longer); 0 when unknown."""
-    stream = container.streams.video[0]
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration and len(container.streams) == 1:
-        return container.duration / av.time_base
-    return 0.0
-
-
 def probe(path: str, mv_frames: int = 3) -> ProbeResult:
-    """Decode `path` fully: frame count, codec, (H, W), and whether the first `mv_frames` inter frames carry
-    motion vectors. Never raises for a bad file: `ok` False and `reason` say why."""
-    r = ProbeResult(path=path, ok=False)
+    """Decode `path` fully (`mgm.video.probe`): frame count, codec, (H, W), and whether the first `mv_frames`
+    inter frames carry motion vectors. Never raises for a bad file: `ok` False and `reason` say why."""
     try:
-        with open_video(path) as container:
-            ctx = container.streams.video[0].codec_context
-            r.codec, r.size = ctx.name, (ctx.height, ctx.width)
-            wants_mvs = r.codec in MV_CODECS
-            if wants_mvs:
-                ctx.options = {"flags2": "+export_mvs"}
-            inter_seen = 0
-            for frame in decode_checked(container, path):
-                r.num_frames += 1
-                r.size = (frame.height, frame.width)
-                if wants_mvs and not r.has_mvs and inter_seen < mv_frames and not frame.key_frame:
-                    inter_seen += 1
-                    mvs = frame.side_data.get("MOTION_VECTORS")
-                    r.has_mvs = mvs is not None and len(mvs) > 0
-    except VideoFileError as e:
-        r.reason, r.detail = e.reason, e.detail
-        return r
-    except (av.FFmpegError, OSError) as e:  # anything else the container throws: still one counted reject
-        r.reason, r.detail = "decode_error", f"after {r.num_frames} frames: {e}"
-        return r
-    r.ok = True
-    return r
+        info = video.probe(path, decode=True, mv_frames=mv_frames)
+    except video.VideoError as e:
+        return ProbeResult(path, False, e.reason, e.detail, num_frames=e.frames_read)
+    return ProbeResult(path, True, num_frames=info.frames or 0, codec=info.codec, size=info.size, has_mvs=info.has_mvs)
 
 
 # --------------------------------------------------------------------------------------------- parallel map

@@ -6,8 +6,8 @@ moving square) is rasterized onto cells of `cell` pixels with its displacement m
 mean displacement (pixels per frame) of its pixels. `MotionField.clip_map` then sums those grids over the source
 frames of each tubelet slot and maps them through the clip's crop / flip onto the token grid.
 
-Frame numbering: frame i is the i-th frame PyAV decodes in presentation order, counting from 0, which is the
-numbering DALI's `decoders.video(frames=...)` uses too.
+Frames are read through `mgm.video`, which owns PyAV and the frame numbering (frame i is the i-th frame FFmpeg
+outputs, counting from 0: DALI's numbering too); this module turns their vectors into motion fields.
 """
 
 from __future__ import annotations
@@ -15,43 +15,20 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
-import av
 import numpy as np
+
+from mgm.video import Packets, VectorRecords, VideoError, demux, motion_vectors, open_video, to_rgb
 
 # Settings that change pixels but not the parsed vectors (the bitstream syntax does not depend on pixels);
 # tests/test_motion.py checks that the vectors are identical with and without them. Frame threading is not
 # among them: with it FFmpeg attaches side data to the wrong frames (B-frame clips differ), so `threads`
 # only ever means slice threads.
 FAST_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
-# Probing when opening: headers only, no decoding (see `_open`)
-_OPEN_OPTIONS = {"skip_frame": "all", "analyzeduration": "1"}
 _PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType values
 _UNIT = 4  # rasterization step: the smallest H.264 block side
-# FFmpeg's AVMotionVector (libavutil/motion_vector.h), as PyAV's to_ndarray() describes it
-_MV_DTYPE = np.dtype(
-    {
-        "names": [
-            "source",
-            "w",
-            "h",
-            "src_x",
-            "src_y",
-            "dst_x",
-            "dst_y",
-            "flags",
-            "motion_x",
-            "motion_y",
-            "motion_scale",
-        ],
-        "formats": ["<i4", "u1", "u1", "<i2", "<i2", "<i2", "<i2", "<u8", "<i4", "<i4", "<u2"],
-        "offsets": [0, 4, 5, 6, 8, 10, 12, 16, 24, 28, 32],
-        "itemsize": 40,
-        "aligned": True,
-    }
-)
 
 
 class MotionReadError(RuntimeError):
@@ -151,38 +128,6 @@ def span_of(frame_indices: Sequence[int], num_frames: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, num_frames)
 
 
-@dataclass
-class _Packets:
-    """A file's video packets in decode order, with the presentation index of each (None if unusable)."""
-
-    packets: list  # av.Packet, decode order
-    index: np.ndarray | None  # presentation index of each packet (decode order), or None without timestamps
-    reordered: bool  # some packet is presented before one decoded earlier: the stream has B-frames
-    complete: bool  # demuxing reached the end of the file without an error and found every promised frame
-    error: str = ""
-
-
-def _demux(container: av.container.InputContainer, stream: av.VideoStream) -> _Packets:
-    packets, error = [], ""
-    try:
-        for pkt in container.demux(stream):
-            if pkt.size:
-                packets.append(pkt)
-    except av.FFmpegError as e:  # keep what came before the damage: the frames read are worth reporting
-        error = str(e)
-    promised = stream.frames or 0
-    complete = not error and len(packets) >= promised
-    if not error and promised and len(packets) < promised:
-        error = f"the header promises {promised} frames, the file holds {len(packets)}"
-    pts = [p.pts for p in packets]
-    if not packets or any(p is None for p in pts) or len(set(pts)) != len(pts):
-        return _Packets(packets, None, False, complete, error)
-    pts_arr = np.asarray(pts, np.int64)
-    index = np.empty(len(pts_arr), np.int64)
-    index[np.argsort(pts_arr, kind="stable")] = np.arange(len(pts_arr))
-    return _Packets(packets, index, bool((np.diff(pts_arr) < 0).any()), complete, error)
-
-
 def _rasterize(
     frame_ids: np.ndarray, mv: np.ndarray, mag: np.ndarray, n_frames: int, cell: int, size: tuple[int, int]
 ) -> np.ndarray:
@@ -247,40 +192,6 @@ def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
     energy[gaps] = energy[src[gaps]]
 
 
-def _open(path: str) -> av.container.InputContainer:
-    """Open a video for reading without decoding anything (MotionReadError naming the file if it cannot be).
-
-    FFmpeg's stream probing decodes the first frames (a whole key frame: most of the cost of opening) only to
-    learn things the decoder works out again; `skip_frame=all` lets it parse the headers and stop there (FFmpeg
-    then logs, when its logging is on, that the pixel format is unknown: the decoder finds it). A file whose
-    stream parameters only come from decoding is opened again the ordinary way.
-    """
-    for options in (_OPEN_OPTIONS, None):
-        try:
-            container = av.open(path, options=options)
-        except (OSError, av.FFmpegError) as e:
-            raise MotionReadError(path, 0, f"cannot open: {e}") from e
-        video = container.streams.video
-        if video and video[0].codec_context is not None and video[0].codec_context.width > 0:
-            return container
-        container.close()
-    raise MotionReadError(path, 0, "no video stream")
-
-
-@functools.cache
-def _reformatter() -> av.video.reformatter.VideoReformatter:
-    return av.video.reformatter.VideoReformatter()
-
-
-def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a decoded frame, through one reused single-threaded swscale context.
-
-    `frame.to_ndarray(format="rgb24")` builds a new swscale context per frame, with a thread pool by default:
-    ~0.3 ms of set-up per frame, several times the conversion itself at 320x240.
-    """
-    return _reformatter().reformat(frame, format="rgb24", threads=1).to_ndarray()
-
-
 def read_span(
     path: str,
     start: int,
@@ -304,131 +215,103 @@ def read_span(
     """
     path = os.fspath(path)
     keep = frozenset(int(k) for k in keep)
-    container = _open(path)
-    with container:
-        stream = container.streams.video[0]
-        pk = _demux(container, stream)
-        # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`, and
-        # need not decode its key frames at all: P-frame vectors are predicted from neighbouring vectors only,
-        # never from reference pixels, so they come out identical (tested) while the frames from the key frame up
-        # to `start`, and the key frames themselves (no vectors, and most of the bits), are never decoded.
-        mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
-        flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
-        stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
-        # frame threads drop B-frames' second-direction vectors, so they only serve B-free streams
-        stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
-        stream.thread_count = max(threads, 1)
-        total = len(pk.packets) if pk.complete else None
-        if stop is not None and stop <= start:
-            raise ValueError(f"{path}: empty span [{start}, {stop})")
-        if start >= len(pk.packets):  # e.g. a stale list promising more frames than the file (still) holds
-            why = f"; {pk.error}" if pk.error else ""
-            raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {len(pk.packets)} frames{why}")
-        stop = (total if stop is None else min(stop, total)) if total is not None else stop
-        first_packet, index = 0, pk.index
-        if mid_gop:
-            first_packet = int(np.flatnonzero(index == start)[0]) if start > 0 else 0
-        elif index is not None and start > 0:
-            keys = [j for j, p in enumerate(pk.packets) if p.is_keyframe and index[j] <= start]
-            first_packet = max(keys, key=lambda j: index[j]) if keys else 0
-        decoded, frames = _decode(path, stream, pk, first_packet, start, stop, keep, on_frame, skip_keys=mid_gop)
-    records, rec_frame, types, rgb, last, size = frames
-    if size is None:
-        raise MotionReadError(path, decoded, pk.error or "no frame could be decoded")
-    end = stop if stop is not None else last + 1
-    if last + 1 < end or (stop is None and not pk.complete):
-        raise MotionReadError(path, decoded, pk.error or f"stream ended at frame {last + 1}, expected {end}")
-    total = total if total is not None else max(last + 1, end)
-    field = _build_field(records, rec_frame, types, start, end, last, cell, size, total, camera)
-    return field, rgb
+    try:
+        with open_video(path) as container:
+            pk = demux(container, path)
+            if stop is not None and stop <= start:
+                raise ValueError(f"{path}: empty span [{start}, {stop})")
+            if start >= len(pk.packets):  # e.g. a stale list promising more frames than the file (still) holds
+                why = f"; {pk.error}" if pk.error else ""
+                raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {len(pk.packets)} frames{why}")
+            total = len(pk.packets) if pk.complete else None
+            stop = (total if stop is None else min(stop, total)) if total is not None else stop
+            stream = pk.stream
+            # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`, and
+            # need not decode its key frames at all: P-frame vectors are predicted from neighbouring vectors only,
+            # never from reference pixels, so they come out identical (tested) while the frames from the key frame
+            # up to `start`, and the key frames themselves (no vectors, and most of the bits), are never decoded.
+            mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
+            flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
+            stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
+            # frame threads drop B-frames' second-direction vectors, so they only serve B-free streams
+            stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
+            stream.thread_count = max(threads, 1)
+            first_packet = (pk.packet_of(start) if start > 0 else 0) if mid_gop else pk.key_before(start)
+            span = _decode(pk, first_packet, start, stop, keep, on_frame, skip_keys=mid_gop)
+    except VideoError as e:
+        raise MotionReadError(path, e.frames_read, e.detail) from e
+    if span.size is None:
+        raise MotionReadError(path, span.decoded, pk.error or "no frame could be decoded")
+    end = stop if stop is not None else span.last + 1
+    if span.last + 1 < end or (stop is None and not pk.complete):
+        raise MotionReadError(path, span.decoded, pk.error or f"stream ended at frame {span.last + 1}, expected {end}")
+    total = total if total is not None else max(span.last + 1, end)
+    return _build_field(span, start, end, cell, total, camera), span.rgb
+
+
+@dataclass
+class _Span:
+    """What one decode of a span collected (see `_decode`)."""
+
+    records: list[np.ndarray] = field(default_factory=list)  # raw AVMotionVector bytes of frames >= start
+    rec_frame: list[int] = field(default_factory=list)  # absolute index of each record
+    types: dict[int, int] = field(default_factory=dict)  # AVPictureType of every frame decoded
+    rgb: dict[int, np.ndarray] = field(default_factory=dict)  # kept frames (when no on_frame takes them)
+    decoded: int = 0  # frames decoded
+    last: int = -1  # highest frame index decoded
+    size: tuple[int, int] | None = None  # (H, W) of the decoded frames; None if none was decoded
 
 
 def _decode(
-    path: str,
-    stream: av.VideoStream,
-    pk: _Packets,
+    pk: Packets,
     first_packet: int,
     start: int,
     stop: int | None,
     keep: frozenset[int],
     on_frame: Callable[[int, np.ndarray], None] | None = None,
     skip_keys: bool = False,
-) -> tuple[int, tuple]:
-    """Feed packets from `first_packet` (a key frame) on; collect vectors of frames >= start, RGB of `keep`.
+) -> _Span:
+    """Decode from `first_packet` (a key frame) on; collect vectors of frames >= start, RGB of `keep`.
 
     skip_keys: key-frame packets are not decoded but counted as frames without vectors (B-free H.264 without
     pixels to return; see read_span). A file of key frames only is then decoded normally (for its frame size).
     """
-    records: list[np.ndarray] = []  # raw AVMotionVector bytes of frames >= start
-    rec_frame: list[int] = []  # absolute index of each record
-    types: dict[int, int] = {}
-    rgb: dict[int, np.ndarray] = {}
-    decoded, last, size, counter = 0, -1, None, 0
-    first = int(pk.index[first_packet]) if pk.index is not None else 0
-    pts_to_idx = (
-        {int(p.pts): int(i) for p, i in zip(pk.packets, pk.index, strict=True)} if pk.index is not None else None
-    )
+    s = _Span()
     tail_anchor = tail_vectors = False  # past `stop`: seen an anchor / a frame with vectors
-    cc = stream.codec_context
-    try:
-        for frame, key_pts in _frames(cc, pk.packets[first_packet:], skip_keys):
-            pts = frame.pts if frame is not None else key_pts
-            i = counter if pts_to_idx is None else pts_to_idx.get(pts, -1)
-            if i < first:
-                continue  # a leading frame of an open GOP, or garbage without a timestamp
-            counter = i + 1
-            decoded += 1
-            last = max(last, i)
-            if frame is None:  # a key frame left undecoded: no vectors, an anchor
-                kind, has = _PICT_I, False
-            else:
-                size = size or (frame.height, frame.width)
-                kind = int(frame.pict_type)
-            types[i] = kind
-            if i < start:
-                continue
-            if frame is not None:
-                sd = frame.side_data.get("MOTION_VECTORS")
-                vecs = np.frombuffer(sd, np.uint8) if sd is not None else None  # no per-record Python objects
-                has = vecs is not None and vecs.size > 0
-                if has:
-                    records.append(vecs.copy())
-                    rec_frame.append(i)
-            if stop is not None and i >= stop:
-                # A few frames past the span make its last frames filled and weighted exactly as in a full
-                # read: the next frame with vectors (for a trailing key frame), the next anchor (B-frames).
-                tail_vectors |= has
-                tail_anchor |= kind != _PICT_B
-                if (tail_vectors and tail_anchor) or i - stop >= 16:
-                    break
-                continue
-            if i in keep:
-                if on_frame is None:
-                    rgb[i] = to_rgb(frame)
-                else:
-                    on_frame(i, to_rgb(frame))
-    except av.FFmpegError as e:
-        raise MotionReadError(path, decoded, str(e)) from e
-    if skip_keys and size is None and decoded:  # key frames only (intra-only): nothing decoded yet
-        cc.flush_buffers()
-        return _decode(path, stream, pk, first_packet, start, stop, keep, on_frame)
-    return decoded, (records, rec_frame, types, rgb, last, size)
-
-
-def _frames(cc: av.CodecContext, packets: list, skip_keys: bool) -> Iterator[tuple[av.VideoFrame | None, int]]:
-    """Decoded frames of `packets` then of the flush: (frame, 0); with skip_keys, (None, pts) for a key frame.
-
-    Before a skipped key frame the decoder is drained and reset, so the P-frames after it start afresh, exactly
-    as a read starting there would (their vectors do not depend on what the decoder held before).
-    """
-    for packet in packets:
-        if skip_keys and packet.is_keyframe:
-            yield from ((f, 0) for f in cc.decode(None))
-            cc.flush_buffers()
-            yield None, int(packet.pts)
+    for i, frame in pk.frames(first_packet, skip_keys):
+        s.decoded += 1
+        s.last = max(s.last, i)
+        if frame is None:  # a key frame left undecoded: no vectors, an anchor
+            kind, has = _PICT_I, False
+        else:
+            s.size = s.size or (frame.height, frame.width)
+            kind = int(frame.pict_type)
+        s.types[i] = kind
+        if i < start:
             continue
-        yield from ((f, 0) for f in cc.decode(packet))
-    yield from ((f, 0) for f in cc.decode(None))
+        if frame is not None:
+            vecs = motion_vectors(frame)
+            has = vecs is not None
+            if has:
+                s.records.append(vecs)
+                s.rec_frame.append(i)
+        if stop is not None and i >= stop:
+            # A few frames past the span make its last frames filled and weighted exactly as in a full
+            # read: the next frame with vectors (for a trailing key frame), the next anchor (B-frames).
+            tail_vectors |= has
+            tail_anchor |= kind != _PICT_B
+            if (tail_vectors and tail_anchor) or i - stop >= 16:
+                break
+            continue
+        if i in keep:
+            if on_frame is None:
+                s.rgb[i] = to_rgb(frame)
+            else:
+                on_frame(i, to_rgb(frame))
+    if skip_keys and s.size is None and s.decoded:  # key frames only (intra-only): nothing decoded yet
+        pk.stream.codec_context.flush_buffers()
+        return _decode(pk, first_packet, start, stop, keep, on_frame)
+    return s
 
 
 def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -446,37 +329,7 @@ def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, g
 _BLOCK_AREA = (np.arange(256)[None, :] * np.arange(256)[:, None]).reshape(-1)  # [w + 256 h] -> w * h, int64
 
 
-class _Records:
-    """Column views of concatenated AVMotionVector records (no per-field copies of the 40-byte structs)."""
-
-    def __init__(self, records: list[np.ndarray], rec_frame: list[int]) -> None:
-        self.raw = np.concatenate(records)  # (V * 40,) uint8
-        self.rows = self.raw.reshape(-1, _MV_DTYPE.itemsize)  # (V, 40)
-        self.counts = np.asarray([len(r) for r in records], np.int64) // _MV_DTYPE.itemsize  # vectors per frame
-        self.offsets = np.cumsum(self.counts) - self.counts  # first vector of each frame
-        self.frame = np.asarray(rec_frame, np.int64)  # absolute frame of each record (one per frame)
-        # motion_x, motion_y (offsets 24, 28) read as one int64: non-zero iff the vector moves, in one pass
-        self.motion_xy = self.raw.view("<i8").reshape(-1, 5)[:, 3]
-        # w, h (offsets 4, 5) read as one uint16 code, w + 256 h: block area by table look-up, in one pass
-        self.wh = self.raw.view("<u2").reshape(-1, 20)[:, 2]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def take(self, idx: np.ndarray) -> np.ndarray:
-        """(K,) structured AVMotionVector records of vectors `idx`."""
-        return self.rows[idx].view(_MV_DTYPE).reshape(-1)
-
-    def frame_of(self, idx: np.ndarray) -> np.ndarray:
-        """Absolute frame of vectors `idx`."""
-        return self.frame[np.searchsorted(self.offsets, idx, side="right") - 1]
-
-    def all(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every vector as structured records, with its absolute frame."""
-        return self.rows.view(_MV_DTYPE).reshape(-1), np.repeat(self.frame, self.counts)
-
-
-def _magnitudes(rec: _Records, start: int, n: int, anchors: tuple, has_b: bool, camera: bool) -> tuple:
+def _magnitudes(rec: VectorRecords, start: int, n: int, anchors: tuple, has_b: bool, camera: bool) -> tuple:
     """Which vectors move and by how much: (indices into the records, float32 pixels per frame).
 
     Only vectors that are non-zero (or, with a moving camera, all of the frame's) are touched one by one: a still
@@ -535,21 +388,11 @@ def _magnitudes(rec: _Records, start: int, n: int, anchors: tuple, has_b: bool, 
     return sel, mag.astype(np.float32)
 
 
-def _build_field(
-    records: list[np.ndarray],
-    rec_frame: list[int],
-    types: dict[int, int],
-    start: int,
-    end: int,
-    last: int,
-    cell: int,
-    size: tuple[int, int],
-    total: int,
-    camera: bool,
-) -> MotionField:
+def _build_field(span: _Span, start: int, end: int, cell: int, total: int, camera: bool) -> MotionField:
     """Rasterize the collected vectors of frames [start, max(end, last]) and keep [start, end)."""
-    hi = max(end, last + 1)
+    hi = max(end, span.last + 1)
     n = hi - start
+    types = span.types
     # reference distances in presentation order: previous / next anchor (I or P frame) of every frame
     frames = np.arange(min(types, default=start), hi)
     is_anchor = np.array([types.get(int(i), _PICT_P) != _PICT_B for i in frames])
@@ -561,8 +404,9 @@ def _build_field(
     has_b = any(t == _PICT_B for t in types.values())
 
     has = np.zeros(n, bool)
-    if records:
-        rec = _Records(records, rec_frame)
+    size = span.size
+    if span.records:
+        rec = VectorRecords(span.records, span.rec_frame)
         sel, mag = _magnitudes(rec, start, n, (base, prev_anchor, next_anchor), has_b, camera)
         has[rec.frame - start] = True
         energy = _rasterize(rec.frame_of(sel) - start, rec.take(sel), mag, n, cell, size)

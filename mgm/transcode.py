@@ -18,8 +18,9 @@ from typing import Any
 
 import av
 
-from mgm.datasets import VideoFileError, decode_checked, open_video, parallel_map
+from mgm.datasets import parallel_map
 from mgm.filelist import VideoEntry, read_list, write_list
+from mgm.video import VideoError, decode_checked, open_video, probe
 
 
 @dataclass(frozen=True)
@@ -61,21 +62,10 @@ def partial_path(dst: str | Path) -> Path:
     return dst.with_name(f".{dst.name}.partial")
 
 
-def count_packets(path: str | Path) -> int:
-    """Frames in an H.264 stream without B-frame reordering = video packets; demux only, no decode."""
-    with av.open(str(path)) as c:
-        stream = c.streams.video[0]
-        return sum(1 for p in c.demux(stream) if p.size > 0)
-
-
 def decoded_frames(path: str | Path, fmt: str | None = None) -> tuple[int, list[int]]:
-    """Decode `path`: (number of frames, indices of key frames)."""
-    keys, n = [], 0
-    with av.open(str(path), format=fmt) as c:
-        for n, frame in enumerate(c.decode(c.streams.video[0]), start=1):
-            if frame.key_frame:
-                keys.append(n - 1)
-    return n, keys
+    """Decode `path` (`mgm.video.probe`): (number of frames, indices of key frames)."""
+    info = probe(path, decode=True, format=fmt)
+    return info.frames or 0, info.key_frames
 
 
 def _encode(src: str, tmp: Path, s: EncodeSettings) -> int:
@@ -121,10 +111,10 @@ def transcode_file(src: str, dst: str, settings: EncodeSettings = EncodeSettings
     """Transcode one file (skip if a verified `dst` exists). Never raises for a bad file: see `reason`."""
     r = TranscodeResult(src=src, dst=dst, ok=False)
     if os.path.exists(dst):
-        try:
-            r.num_frames, r.ok, r.skipped = count_packets(dst), True, True
+        try:  # frames of an H.264 stream without B-frame reordering = video packets: demux only, no decode
+            r.num_frames, r.ok, r.skipped = probe(dst).packets or 0, True, True
             return r
-        except (av.FFmpegError, OSError, IndexError):
+        except VideoError:
             pass  # not one of ours after all (unreadable): redo it
     tmp = partial_path(dst)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +128,7 @@ def transcode_file(src: str, dst: str, settings: EncodeSettings = EncodeSettings
             os.fsync(f.fileno())
         os.replace(tmp, dst)
         r.ok, r.num_frames = True, out_frames
-    except VideoFileError as e:
+    except VideoError as e:
         r.reason, r.detail = e.reason, e.detail
     except (av.FFmpegError, OSError, ValueError, IndexError) as e:
         r.reason, r.detail = "decode_error", f"{type(e).__name__}: {e}"

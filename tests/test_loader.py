@@ -214,7 +214,7 @@ def test_motion_cache_gives_the_online_masks(loader: str, synth_list: Path, tmp_
 def test_fallback_pixels_match_plain_pyav(synth_clips: dict[str, Path]) -> None:
     import av
 
-    from dali_pipes.cpu_loader import decode_frames
+    from mgm.video import decode_frames
 
     path = str(synth_clips["single"])
     with av.open(path) as c:

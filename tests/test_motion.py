@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from media_util import write_tone
 
 from mgm.motion import FAST_OPTIONS, MotionField, MotionReadError, read_motion, read_span, span_of
 from mgm.synth import EncodeSpec, encode, make_clip, render_clip
@@ -250,11 +251,12 @@ def test_bad_files_raise_one_error_naming_file_and_frames(odd_clips: dict[str, P
 
 @pytest.mark.parametrize("cell", [4, 6, 8, 12, 16])
 def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
-    from mgm.motion import _MV_DTYPE, _rasterize
+    from mgm.motion import _rasterize
+    from mgm.video import MV_DTYPE
 
     rng = np.random.default_rng(cell)
     h, w, n = 60, 84, 80  # not multiples of the cell: partial border cells
-    mv = np.zeros(n, _MV_DTYPE)
+    mv = np.zeros(n, MV_DTYPE)
     mv["w"] = rng.choice([4, 8, 16], n)
     mv["h"] = rng.choice([4, 8, 16], n)
     mv["dst_x"] = rng.integers(-2, 24, n) * 4 + mv["w"] // 2  # some blocks stick out of the frame
@@ -285,14 +287,14 @@ def test_span_past_the_end_is_a_motion_read_error(synth_clips: dict[str, Path], 
 
 
 def _vectors_by_pts(path: Path, skip_keys: bool) -> dict[int, np.ndarray]:
-    from mgm.motion import _frames
+    from mgm.video import decode_packets
 
     with av.open(str(path)) as c:
         s = c.streams.video[0]
         s.codec_context.options = {"flags2": "+export_mvs+showall", **FAST_OPTIONS}
         packets = [p for p in c.demux(s) if p.size]
         out = {}
-        for frame, _ in _frames(s.codec_context, packets, skip_keys):
+        for frame, _ in decode_packets(s.codec_context, packets, skip_keys):
             if frame is not None:
                 sd = frame.side_data.get("MOTION_VECTORS")
                 out[frame.pts] = sd.to_ndarray() if sd is not None else np.zeros(0)
@@ -340,15 +342,7 @@ def test_other_containers_and_audio_only(synth_clips: dict[str, Path], tmp_path:
         got = read_motion(str(out))
         assert got.num_frames == 60 and got.frame_size == (240, 320)
         np.testing.assert_array_equal(got.energy, ref.energy)
-    audio = tmp_path / "tone.m4a"
-    with av.open(str(audio), "w") as o:
-        s = o.add_stream("aac", rate=8000)
-        for k in range(4):
-            t = (np.arange(1024) + 1024 * k) / 8000
-            frame = av.AudioFrame.from_ndarray(np.sin(2 * np.pi * 440 * t)[None].astype(np.float32), "fltp", "mono")
-            frame.sample_rate, frame.pts = 8000, 1024 * k
-            o.mux(s.encode(frame))
-        o.mux(s.encode(None))
+    audio = write_tone(tmp_path / "tone.m4a")
     with pytest.raises(MotionReadError, match="tone.m4a.*no video stream"):
         read_motion(str(audio))
 
