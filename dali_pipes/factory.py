@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from dali_pipes.adapter import LoaderBase
     from mgm.config import DataConfig
-    from mgm.filelist import VideoEntry
+    from mgm.prep.filelist import VideoEntry
 
 
 def _dali_available() -> bool:
@@ -124,7 +124,7 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
     import torch
 
     from dali_pipes.adapter import DaliLoader
-    from mgm.filelist import read_list
+    from mgm.prep.filelist import read_list
 
     d, m, k = cfg.data, cfg.motion, cfg.mask
     masks = MaskMaker(

@@ -41,7 +41,7 @@ _FIX_OFFSETS = (
 
 
 class Entry(Protocol):
-    """What the sampler needs of a file-list row (mgm.filelist.VideoEntry fits)."""
+    """What the sampler needs of a file-list row (mgm.prep.filelist.VideoEntry fits)."""
 
     path: str
     label: int

@@ -138,8 +138,8 @@ def build_cache(
     Returns a summary: total, done, skipped (record already there), failed, no_vectors (done, but the codec
     carries no motion vectors), frames (read in this run), by_reason {reason: count}, failures (CSV path).
     """
-    from mgm.datasets import parallel_map
-    from mgm.filelist import read_list
+    from mgm.prep.datasets import parallel_map
+    from mgm.prep.filelist import read_list
 
     entries = read_list(list_csv)
     root = Path(list_csv).resolve().parent

@@ -93,8 +93,8 @@ def main() -> None:
 
     from dali_pipes import build_loader
     from mgm.config import load_config
-    from mgm.filelist import read_list
-    from mgm.synth import make_dataset
+    from mgm.prep.filelist import read_list
+    from mgm.prep.synth import make_dataset
     from profiling.baseline_videomae import baseline_loader
 
     torch.set_num_threads(1)  # the workers do the work; the main process only collates

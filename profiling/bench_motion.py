@@ -13,7 +13,7 @@
    the span; from its key frame when the RGB frames are kept too) + clip map + MGM mask; with and without the
    RGB frames the CPU loader keeps; and the same on the noisy 320x240 encode.
 
-Inputs are synthetic clips (mgm.synth) written to a temporary folder. The process is pinned to one core, BLAS
+Inputs are synthetic clips (mgm.prep.synth) written to a temporary folder. The process is pinned to one core, BLAS
 kept to one thread (the full read is repeated on two cores with `threads=2` for mgm.motion;
 motion-vector-extractor gets the same two cores but decodes on one thread). Each number is the median of
 `--repeats` interleaved runs; `per_s` is wall-clock throughput, `per_cpu_s` the same work per CPU-second of this
@@ -42,10 +42,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from mgm import synth  # noqa: E402
 from mgm.masking import build_masking  # noqa: E402
 from mgm.motion import read_motion, read_span, span_of  # noqa: E402
 from mgm.motion_cache import MotionCache, build_cache  # noqa: E402
+from mgm.prep import synth  # noqa: E402
 from profiling.report_format import emit  # noqa: E402
 
 GRID = (8, 14, 14)

@@ -20,10 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from mgm import datasets, synth  # noqa: E402
-from mgm.filelist import VideoEntry, read_list, write_list  # noqa: E402
 from mgm.motion_cache import build_cache  # noqa: E402
-from mgm.transcode import EncodeSettings, transcode_list  # noqa: E402
+from mgm.prep import datasets, synth  # noqa: E402
+from mgm.prep.filelist import VideoEntry, read_list, write_list  # noqa: E402
+from mgm.prep.transcode import EncodeSettings, transcode_list  # noqa: E402
 from profiling.report_format import emit  # noqa: E402
 
 SSV2_TRAIN_VIDEOS = 168_913

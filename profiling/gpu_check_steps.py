@@ -110,7 +110,7 @@ def env_rows(a: argparse.Namespace) -> list[Row]:
 
 
 def _make_clip(job: tuple[str, str, int, bool]) -> None:
-    from mgm.synth import make_clip
+    from mgm.prep.synth import make_clip
 
     stem, kind, seed, twin = job
     make_clip(stem, kind, seed, size=(240, 320), num_frames=60, gop=16, bframes=0, vp9_twin=twin)
@@ -120,9 +120,9 @@ def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
     """Synthetic clips (320x240, 60 frames, GOP 16, no B-frames; H.264, plus VP9 twins for the smoke run), the
     lists small.csv (step 1), bench.csv (steps 2 and 4: the clips repeated so that one epoch outlasts a timed
     run, no epoch boundary inside it) and the motion cache."""
-    from mgm.filelist import read_list, write_list
     from mgm.motion_cache import build_cache
-    from mgm.synth import KINDS, make_dataset
+    from mgm.prep.filelist import read_list, write_list
+    from mgm.prep.synth import KINDS, make_dataset
 
     p, rows, t0 = data_paths(a, work), [], time.perf_counter()
     vids = p["dir"] / "videos"
@@ -210,7 +210,7 @@ def step_loader(a: argparse.Namespace, work: Path) -> list[Row]:
 
     from dali_pipes import build_loader
     from mgm.config import load_config
-    from mgm.filelist import read_list
+    from mgm.prep.filelist import read_list
     from profiling.baseline_videomae import baseline_loader
     from profiling.bench_decode import run_loader
 

@@ -10,7 +10,7 @@ import torch
 
 from dali_pipes.cpu_loader import crop_resize
 from dali_pipes.sampler import ClipSpec
-from mgm.synth import render_clip
+from mgm.prep.synth import render_clip
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

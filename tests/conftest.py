@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset (one clip of each kind, 320x240, 60 frames, GOP 16, H.264 + VP9 twins)."""
-    from mgm.synth import make_dataset
+    from mgm.prep.synth import make_dataset
 
     out = tmp_path_factory.mktemp("synth")
     make_dataset(out, num=4, seed=0)
@@ -44,6 +44,6 @@ def synth_list(synth_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def synth_clips(synth_dir: Path) -> dict[str, Path]:
     """kind ("single" | "pan" | "two" | "static") -> path of its H.264 `.mp4`; ground truth in the `.json` beside it."""
-    from mgm.synth import KINDS
+    from mgm.prep.synth import KINDS
 
     return {kind: synth_dir / "videos" / f"clip_{i:05d}.mp4" for i, kind in enumerate(KINDS)}

@@ -1,4 +1,4 @@
-"""Media files the tests need besides video clips (mgm.synth makes those)."""
+"""Media files the tests need besides video clips (mgm.prep.synth makes those)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import torch
 
 from dali_pipes import TooManyBadVideos, build_loader, choose_path
 from mgm.config import load_config
-from mgm.filelist import VideoEntry, read_list, write_list
+from mgm.prep.filelist import VideoEntry, read_list, write_list
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
 LOADERS = ["cpu", pytest.param("dali", marks=pytest.mark.skipif(not HAS_DALI, reason="needs nvidia-dali"))]

@@ -11,7 +11,7 @@ import pytest
 from media_util import write_tone
 
 from mgm.motion import FAST_OPTIONS, MotionField, MotionReadError, read_motion, read_span, span_of
-from mgm.synth import EncodeSpec, encode, make_clip, render_clip
+from mgm.prep.synth import EncodeSpec, encode, make_clip, render_clip
 
 
 def truth(mp4: Path) -> dict:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import mgm.motion_cache as mc
-from mgm.filelist import VideoEntry, read_list, write_list
 from mgm.motion import read_span, span_of
 from mgm.motion_cache import MotionCache, build_cache, cache_key
+from mgm.prep.filelist import VideoEntry, read_list, write_list
 
 
 @pytest.fixture()

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_transcode import truncated_copy, write_clip
 
-from mgm import datasets
-from mgm.filelist import read_list
-from mgm.prepare import main
+from mgm.prep import datasets
+from mgm.prep.filelist import read_list
+from mgm.prep.prepare import main
 
 
 def cli(command: str) -> int:
@@ -150,7 +150,7 @@ def test_synth_and_motion_commands_pass_arguments(tmp_path: Path, monkeypatch: p
         return {"videos": 3, "failed": 0}
 
     monkeypatch.setitem(sys.modules, "mgm.motion_cache", types.SimpleNamespace(build_cache=build_cache))
-    monkeypatch.setattr("mgm.synth.make_dataset", make_dataset)
+    monkeypatch.setattr("mgm.prep.synth.make_dataset", make_dataset)
     assert main(["synth", "--out", "d", "--num", "5", "--seed", "3", "--size", "120x160", "--frames", "30"]) == 0
     assert calls["synth"] == (tmp_path / "d", 5, 3, {"size": (120, 160), "num_frames": 30, "gop": 16, "bframes": 0})
     assert main(["motion", "--list", "l.csv", "--out", "c", "--workers", "2", "--cell", "4", "--quiet"]) == 0

@@ -5,8 +5,8 @@ import av
 import numpy as np
 import pytest
 
-from mgm.filelist import read_list
-from mgm.synth import KINDS, STATIC_LABEL, render_clip
+from mgm.prep.filelist import read_list
+from mgm.prep.synth import KINDS, STATIC_LABEL, render_clip
 
 
 def decode_pyav(path: Path) -> np.ndarray:
@@ -84,7 +84,7 @@ def test_deterministic_from_seed() -> None:
 
 
 def test_relative_out_dir_list_resolves(tmp_path: Path, monkeypatch) -> None:
-    from mgm.synth import make_dataset
+    from mgm.prep.synth import make_dataset
 
     monkeypatch.chdir(tmp_path)
     csv_path = make_dataset("rel", num=1, seed=1, size=(64, 96), num_frames=8, vp9_twin=False)

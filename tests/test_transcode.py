@@ -1,4 +1,4 @@
-"""mgm.transcode: frame count and timing kept, GOP as asked, resumable, atomic, bad inputs rejected with a reason.
+"""mgm.prep.transcode: frame count and timing kept, GOP as asked, resumable, atomic, bad inputs rejected with a reason.
 
 Clips are tiny (64x80, 24-40 frames) and made here; `write_clip` / `truncated_copy` are reused by test_prepare.
 """
@@ -16,10 +16,10 @@ import av
 import numpy as np
 import pytest
 
-from mgm import transcode
-from mgm.filelist import VideoEntry, read_list, write_list
-from mgm.synth import EncodeSpec, encode
-from mgm.transcode import EncodeSettings, decoded_frames, partial_path, transcode_file, transcode_list
+from mgm.prep import transcode
+from mgm.prep.filelist import VideoEntry, read_list, write_list
+from mgm.prep.synth import EncodeSpec, encode
+from mgm.prep.transcode import EncodeSettings, decoded_frames, partial_path, transcode_file, transcode_list
 
 FAST = EncodeSettings(gop=8, preset="ultrafast")
 
@@ -137,7 +137,7 @@ def test_killed_worker_leaves_no_output(tmp_path: Path) -> None:
     dst = tmp_path / "out" / "big.mp4"
     dst.parent.mkdir()
     code = (
-        "import sys; from mgm.transcode import EncodeSettings, transcode_file;"
+        "import sys; from mgm.prep.transcode import EncodeSettings, transcode_file;"
         "transcode_file(sys.argv[1], sys.argv[2], EncodeSettings(preset='veryslow'))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

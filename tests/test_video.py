@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from media_util import write_tone
 
-from mgm.synth import EncodeSpec, encode, render_clip
+from mgm.prep.synth import EncodeSpec, encode, render_clip
 from mgm.video import (
     MV_DTYPE,
     VideoError,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mgm import synth
-from mgm.synth import render_clip
+from mgm.prep import synth
+from mgm.prep.synth import render_clip
 
 GOOD_FRAMES = 48  # frames of good.mp4 (and of every fault made from it)
 SHORT_FRAMES = 10  # too_short: fewer than one 8-frame clip at stride 2 (15 source frames) covers

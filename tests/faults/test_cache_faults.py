@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mgm.filelist import VideoEntry, write_list
 from mgm.motion_cache import MotionCache, build_cache
-from mgm.prepare import main
+from mgm.prep.filelist import VideoEntry, write_list
+from mgm.prep.prepare import main
 
 from .cases import EXPECT, READABLE
 

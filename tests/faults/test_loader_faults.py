@@ -23,7 +23,7 @@ import torch
 
 from dali_pipes import TooManyBadVideos, build_loader
 from mgm.config import Config, load_config
-from mgm.filelist import VideoEntry, write_list
+from mgm.prep.filelist import VideoEntry, write_list
 
 from .cases import ALWAYS_BAD, EXPECT, GOOD_FRAMES, READABLE, SHORT_FRAMES
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mgm.datasets import probe
-from mgm.filelist import VideoEntry, read_list, write_list
-from mgm.prepare import main
+from mgm.prep.datasets import probe
+from mgm.prep.filelist import VideoEntry, read_list, write_list
+from mgm.prep.prepare import main
 
 from .cases import EXPECT, GOOD_FRAMES, SHORT_FRAMES
 
@@ -109,7 +109,7 @@ def test_transcode_gives_intra_only_files_vectors_and_rejects_the_broken(
     bad_videos: dict[str, Path], tmp_path: Path
 ) -> None:
     from mgm.motion import read_motion
-    from mgm.transcode import EncodeSettings, decoded_frames, transcode_list
+    from mgm.prep.transcode import EncodeSettings, decoded_frames, transcode_list
 
     faults = ("no_vectors", "odd_size", "zero_length", "truncated", "missing")
     lst = write_list(tmp_path / "list.csv", [VideoEntry(str(bad_videos[k]), 0, GOOD_FRAMES) for k in faults])

@@ -24,7 +24,7 @@ import torch
 import mgm.model
 import train
 from mgm import checkpoint as ckpt
-from mgm.synth import make_dataset
+from mgm.prep.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, CKPT_EVERY = 6, 3

@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from mgm.filelist import VideoEntry, write_list
+from mgm.prep.filelist import VideoEntry, write_list
 
 KINDS = ("single", "pan", "two", "static")
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))  # label 0..3 as (dx, dy); 4 = static

@@ -14,8 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from mgm import datasets
-from mgm.filelist import FileListError, VideoEntry, write_list
+from mgm.prep import datasets
+from mgm.prep.filelist import FileListError, VideoEntry, write_list
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -32,7 +32,7 @@ def _default_workers() -> int:
 
 # --------------------------------------------------------------------------------------------- synth
 def cmd_synth(a: argparse.Namespace) -> int:
-    from mgm import synth
+    from mgm.prep import synth
 
     kwargs = {"size": a.size, "num_frames": a.frames, "gop": a.gop, "bframes": a.bframes}
     # absolute: filelist.write_list keeps relative entry paths verbatim, which would make them cwd-relative
@@ -89,7 +89,7 @@ def cmd_lists(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- transcode
 def cmd_transcode(a: argparse.Namespace) -> int:
-    from mgm.transcode import EncodeSettings, transcode_list
+    from mgm.prep.transcode import EncodeSettings, transcode_list
 
     settings = EncodeSettings(
         gop=a.gop, bframes=a.bframes, crf=a.crf, preset=a.preset, short_side=a.short_side, threads=a.threads

@@ -18,8 +18,8 @@ from typing import Any
 
 import av
 
-from mgm.datasets import parallel_map
-from mgm.filelist import VideoEntry, read_list, write_list
+from mgm.prep.datasets import parallel_map
+from mgm.prep.filelist import VideoEntry, read_list, write_list
 from mgm.video import VideoError, decode_checked, open_video, probe
 
 
