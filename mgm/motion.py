@@ -253,10 +253,8 @@ def _read(
     """One decode of a span (see read_span): (what it collected, frames in the file, end of the span, packets)."""
     with open_video(path) as container:
         pk = demux(container, path, num_frames=num_frames, count=count)
+        pk.check_listed(num_frames)  # the file changed since its list was made
         have = pk.frames_hint
-        if num_frames is not None and have < num_frames:  # the file changed since its list was made
-            why = f"; {pk.error}" if pk.error else ""
-            raise MotionReadError(path, 0, f"the file holds {have} frames, its file list says {num_frames}{why}")
         if start >= (num_frames if num_frames is not None else have):
             why = f"; {pk.error}" if pk.error else ""
             raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {have} frames{why}")

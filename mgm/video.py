@@ -64,8 +64,8 @@ MV_DTYPE = np.dtype(
 
 class VideoError(RuntimeError):
     """A video cannot be read (fully). `path` names it; `reason` is one word for rejects lists (missing, empty,
-    unreadable, no_video_stream, no_frames, truncated, decode_error), `detail` says more, `frames_read` counts
-    the frames decoded before the error."""
+    unreadable, no_video_stream, no_frames, truncated, decode_error; changed: fewer frames than its file list
+    says), `detail` says more, `frames_read` counts the frames decoded before the error."""
 
     def __init__(self, path: str, reason: str, detail: str, frames_read: int = 0) -> None:
         super().__init__(f"{path}: {reason}: {detail}")
@@ -291,10 +291,18 @@ class Packets:
     complete: bool  # demuxing reached the end of the file with no sign of missing data
     error: str = ""
 
-    @property
+    @functools.cached_property
     def frames_hint(self) -> int:
         """Packets whose frames FFmpeg outputs: the frame count when every packet decodes to one frame."""
         return sum(1 for p in self.packets if not p.is_discard)
+
+    def check_listed(self, num_frames: int | None) -> None:
+        """VideoError (`changed`) naming both counts when the file holds fewer frames than its file list says
+        (truncated or replaced since `mgm-prepare lists`): a packet gives at most one frame."""
+        if num_frames is not None and self.frames_hint < num_frames:
+            why = f" ({self.error})" if self.error else ""
+            detail = f"the file holds {self.frames_hint} frames, its file list says {num_frames}{why}"
+            raise VideoError(self.path, "changed", detail)
 
     @property
     def reordered(self) -> bool:
@@ -440,6 +448,7 @@ def _iter_frames(
         stream = container.streams.video[0]
         stream.thread_type, stream.thread_count = "SLICE", 1  # workers parallelize over clips: threads would fight
         pk = demux(container, os.fspath(path), num_frames=num_frames, count=count)
+        pk.check_listed(num_frames)
         for i, frame in pk.frames(pk.key_before(wanted[0])):
             if i in todo:
                 todo.discard(i)
