@@ -1,8 +1,8 @@
-"""The video layer: the one module that reads video with PyAV (open, probe, frame numbering, span decode, RGB,
-the motion-vector records FFmpeg exports).
+"""The video layer: with mgm.video_probe (whole-file probing for `lists` and `transcode`), the one place that reads
+video with PyAV: open, frame numbering, span decode, RGB, the motion-vector records FFmpeg exports.
 
 Frames of a file: the frames FFmpeg outputs when it decodes the file from its start, in output order; frame i is
-the i-th of them, counting from 0. `mgm-prepare lists` counts them once (`probe(decode=True)`, the list's
+the i-th of them, counting from 0. `mgm-prepare lists` counts them once (`mgm.video_probe.probe`, the list's
 `num_frames`) and every reader trusts that count. A header's or container's frame count is a hint, never a
 verdict: B-frame tails, edit lists (FFmpeg discards the frames before the edit's start), pts == dts muxes and AVI
 headers make it differ from the truth. Only a read or decode error, or data the container points to lying past
@@ -15,9 +15,11 @@ are sound. `Packets.frames` checks that as it decodes: a frame whose timestamp g
 B-frames, say) raises `FrameOrderError`, and the read starts again from the first packet, counting frames
 (`demux(count=True)`). Missing or repeated timestamps, or a packet count that differs from the list's frame count,
 mean counting from the start right away. The same index is then the same picture in every reader and in DALI's
-CPU decoder (which counts decoded frames after seeking to a key frame; tested on VFR, repeated timestamps and
-edit lists). DALI's GPU decoder matches each picture to its packet's timestamp instead, so a file whose
-timestamps do not follow output order (`VideoInfo.pts_order` False) is one `lists` tells you to transcode.
+CPU decoder, `decoders.video(frames=...)`: it sorts its packet index by timestamp, seeks to the key frame before a
+wanted frame and counts the frames the decoder outputs from there (tests/test_corpus.py: VP9 with repeated and
+uneven timestamps, one repeat on a key frame, and MJPEG, seeking forward and back). DALI's GPU decoder, as its
+source reads (frames_decoder_gpu.cc), matches each decoded picture to its packet's timestamp instead, so a file
+whose timestamps do not follow output order (`VideoInfo.pts_order` False) is one `lists` tells you to transcode.
 
 Errors are one type, `VideoError`, naming the file with a one-word `reason` (for rejects lists) and a `detail`;
 callers wrap it in their own (`MotionReadError`, the loaders' `BadVideoError`, `mgm-prepare`'s reject reasons).
@@ -29,7 +31,7 @@ import functools
 import io
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -83,7 +85,7 @@ def open_video(
     stream parameters only come from decoding is opened again the ordinary way. Raises VideoError: missing,
     empty, unreadable, no_video_stream.
     """
-    in_memory, name = isinstance(source, bytes | bytearray), _name(source, name)
+    in_memory, name = isinstance(source, bytes | bytearray), source_name(source, name)
     for options in (_OPEN_OPTIONS, None):
         try:
             container = av.open(io.BytesIO(source) if in_memory else os.fspath(source), format=format, options=options)
@@ -100,12 +102,13 @@ def open_video(
     raise VideoError(name, "no_video_stream", "container has no video stream")
 
 
-def _name(source: str | os.PathLike | bytes, name: str | None) -> str:
+def source_name(source: str | os.PathLike | bytes, name: str | None) -> str:
+    """What messages call `source`: `name` if given, else its path, else "<bytes>"."""
     return name or ("<bytes>" if isinstance(source, bytes | bytearray) else os.fspath(source))
 
 
 # --------------------------------------------------------------------------------------------- missing data
-def _head(source: str | os.PathLike | bytes, n: int = 256) -> bytes:
+def head_bytes(source: str | os.PathLike | bytes, n: int = 256) -> bytes:
     """The first `n` bytes of a file (path or bytes); b"" when unreadable."""
     if isinstance(source, bytes | bytearray):
         return bytes(source[:n])
@@ -147,117 +150,6 @@ def declared_end(container: av.container.InputContainer, head: bytes) -> int:
             pos += 4 + length + size
         return pos
     return 0
-
-
-def _read_of(n: int, promised: int | None) -> str:
-    return f"after {n} frames" + (f" (the header promises {promised})" if promised else "")
-
-
-# --------------------------------------------------------------------------------------------- probing
-@dataclass
-class VideoInfo:
-    """What `probe` found in a file's first video stream."""
-
-    codec: str  # FFmpeg's codec name (h264, hevc, vp9, av1, mpeg4, msmpeg4, mjpeg, cinepak, ...)
-    size: tuple[int, int]  # (H, W): of the last decoded frame when decoded, else from the headers (0 if unknown)
-    packets: int | None = None  # packets with data, counted without decoding (a hint of the frame count)
-    frames: int | None = None  # frames FFmpeg outputs, counted by decoding them all: THE frame count
-    promised: int | None = None  # frames the header promises (a hint; None when it says nothing)
-    key_frames: list[int] = field(default_factory=list)  # indices of the key frames (when decoded)
-    has_mvs: bool = False  # the first `mv_frames` inter frames carry motion vectors (when decoded)
-    pix_fmt: str = ""  # of the decoded frames (yuv420p, yuv420p10le, yuv422p, yuvj420p, ...)
-    rotation: int = 0  # display rotation in degrees the file asks for; frames are always read as stored
-    pts_order: bool = True  # (when decoded) every packet gives one frame, output in the order of its timestamp
-
-
-def probe(
-    source: str | os.PathLike | bytes,
-    *,
-    name: str | None = None,
-    decode: bool = False,
-    mv_frames: int = 0,
-    format: str | None = None,
-) -> VideoInfo:
-    """Frame size, codec and frame count of a file's first video stream; VideoError (naming it) if unusable.
-
-    decode=False only demuxes (~1 ms for a short clip) and counts packets; decode=True decodes every frame
-    (`decode_checked`: truncation and damage are errors) and counts the frames, the key frames, whether the first
-    `mv_frames` inter frames carry motion vectors (`has_vectors`: read from the data, whatever the codec) and
-    whether the timestamps follow output order.
-    """
-    name = _name(source, name)
-    with open_video(source, name=name, format=format) as container:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        info = VideoInfo(cc.codec.canonical_name, (cc.height, cc.width), promised=stream.frames or None)
-        if not decode:
-            try:
-                info.packets = sum(1 for p in container.demux(stream) if p.size)
-            except (av.FFmpegError, OSError) as e:
-                raise VideoError(name, "decode_error", str(e)) from None
-            return info
-        if mv_frames > 0:
-            cc.options = {"flags2": "+export_mvs"}
-        seen: list[tuple[int | None, bool]] = []
-        out_pts: list[int | None] = []
-        inter: list[av.VideoFrame] = []
-        n = 0
-        try:
-            for n, frame in enumerate(decode_checked(container, name, _head(source), seen), start=1):
-                if n == 1:
-                    info.pix_fmt, info.rotation = frame.format.name, int(frame.rotation or 0)
-                info.size = (frame.height, frame.width)
-                out_pts.append(frame.pts)
-                if frame.key_frame:
-                    info.key_frames.append(n - 1)
-                elif len(inter) < mv_frames:
-                    inter.append(frame)
-        except (av.FFmpegError, OSError) as e:  # anything else the container throws
-            raise VideoError(name, "decode_error", f"after {n} frames: {e}", n) from None
-        info.frames, info.has_mvs = n, has_vectors(inter)
-        kept = [p for p, discard in seen if not discard]
-        info.pts_order = (
-            len(kept) == len(seen) == n
-            and None not in out_pts
-            and all(a < b for a, b in zip(out_pts, out_pts[1:], strict=False))
-        )
-    return info
-
-
-def decode_checked(
-    container: av.container.InputContainer,
-    path: str,
-    head: bytes | None = None,
-    seen: list[tuple[int | None, bool]] | None = None,
-) -> Iterator[av.VideoFrame]:
-    """Every frame FFmpeg outputs from the first video stream, in output order. Raises VideoError: `truncated`
-    when data the container points to lies past the end of the file (a cut-off last packet, an index or a size
-    field reaching further), `decode_error` for other corrupt data, `no_frames` when nothing decodes. How many
-    frames the header promises does not matter. `head`: the file's first bytes (read from `path` if None);
-    `seen` collects (pts, discarded) of every packet."""
-    stream = container.streams.video[0]
-    promised, size = stream.frames or None, container.size
-    end = declared_end(container, _head(path) if head is None else head)
-    n, cut = 0, False
-    for packet in container.demux(stream):
-        cut = cut or packet.is_corrupt
-        if seen is not None and packet.size:
-            seen.append((packet.pts, packet.is_discard))
-        try:
-            frames = packet.decode()
-        except (av.FFmpegError, ValueError) as e:
-            at_end = packet.pos is not None and packet.pos + packet.size >= size
-            if cut or at_end or end > size:
-                raise VideoError(path, "truncated", f"data ends at byte {size}: {_read_of(n, promised)}", n) from None
-            raise VideoError(path, "decode_error", f"{_read_of(n, promised)}: {e}", n) from None
-        for frame in frames:
-            n += 1
-            yield frame
-    if n == 0:
-        raise VideoError(path, "no_frames", "no frame decodes")
-    if cut or end > size:
-        where = f"the container points to byte {end}" if end > size else "its last packet is cut off"
-        raise VideoError(path, "truncated", f"data ends at byte {size}, {where}: {_read_of(n, promised)}", n)
 
 
 # --------------------------------------------------------------------------------------------- frame numbering
@@ -378,7 +270,7 @@ def demux(
     if not error and any(p.is_corrupt for p in packets):
         error = f"data ends at byte {container.size}, in the middle of a packet"
     if not error and num_frames is None:
-        end = declared_end(container, _head(path))
+        end = declared_end(container, head_bytes(path))
         error = (
             f"data ends at byte {container.size}, the container points to byte {end}" if end > container.size else ""
         )

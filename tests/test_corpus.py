@@ -33,7 +33,7 @@ from mgm.prep.filelist import read_list
 from mgm.prep.prepare import main as prepare
 from mgm.prep.quirks import CASES, make_corpus
 from mgm.prep.transcode import EncodeSettings, transcode_list
-from mgm.video import probe
+from mgm.video_probe import probe
 
 HAS_DALI = importlib.util.find_spec("nvidia.dali") is not None
 NAMES = list(CASES)

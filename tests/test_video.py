@@ -21,8 +21,8 @@ from mgm.video import (
     frames_present,
     motion_vectors,
     open_video,
-    probe,
 )
+from mgm.video_probe import probe
 
 FRAMES, GOP = 30, 12
 
