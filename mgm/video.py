@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -182,6 +183,7 @@ class Packets:
     index: np.ndarray | None  # (P,) frame index of each packet (-1: its frame is discarded), or None: counted
     complete: bool  # demuxing reached the end of the file with no sign of missing data
     error: str = ""
+    counted_seeks: bool = False  # counted frames may start at clean key frames (see `_count_starts`)
 
     @functools.cached_property
     def frames_hint(self) -> int:
@@ -208,11 +210,28 @@ class Packets:
         """Position of frame i's packet (the packets must be numbered)."""
         return int(np.flatnonzero(self.index == i)[0])
 
+    @functools.cached_property
+    def _count_starts(self) -> dict[int, int]:
+        """{packet position: frame index} of the key frames a counted read may start at: clean random-access points
+        (`clean_key`) with every packet before them giving one frame, so the frames before one are the packets
+        before it that FFmpeg shows. Empty unless `counted_seeks` (a list count equal to those packets)."""
+        if not self.counted_seeks:
+            return {}
+        cc = self.stream.codec_context
+        starts, n = {}, 0
+        for j, p in enumerate(self.packets):
+            if j and p.is_keyframe and clean_key(p, cc.name, cc.extradata):
+                starts[j] = n
+            n += not p.is_discard
+        return starts
+
     def key_before(self, i: int) -> int:
         """Position of the key frame packet presented last at or before frame i: where decoding frame i starts
-        (0, the first packet, without numbered packets)."""
-        if self.index is None or i <= 0:
+        (0, the first packet, when frames are counted and no clean key frame comes before it)."""
+        if i <= 0:
             return 0
+        if self.index is None:
+            return max((j for j, n in self._count_starts.items() if n <= i), default=0)
         keys = [j for j, p in enumerate(self.packets) if p.is_keyframe and 0 <= self.index[j] <= i]
         return max(keys, key=lambda j: self.index[j]) if keys else 0
 
@@ -220,17 +239,27 @@ class Packets:
         """(index, frame) of every frame decoded from packet `first` (a key frame) on, in output order; frames
         presented before packet `first`'s (leading frames of an open GOP) are dropped. skip_keys: see
         `decode_packets` (a key frame comes as (index, None)). VideoError (decode_error) on corrupt data;
-        FrameOrderError when numbered packets turn out to contradict the output order."""
-        if self.index is None and first:
-            raise ValueError(f"{self.path}: without timestamps frames are counted from the first packet, not {first}")
+        FrameOrderError when numbered packets turn out to contradict the output order. A counted read whose key
+        frame does not come out first starts again from the first packet (before yielding anything)."""
+        if self.index is None and first and first not in self._count_starts:
+            raise ValueError(f"{self.path}: frames are counted from the first packet or a clean key frame, not {first}")
+        try:
+            yield from self._frames(first, skip_keys)
+        except _UncleanStart:
+            self.stream.codec_context.flush_buffers()
+            yield from self._frames(0, skip_keys)
+
+    def _frames(self, first: int, skip_keys: bool) -> Iterator[tuple[int, av.VideoFrame | None]]:
         numbers = None
         if self.index is not None:
             numbers = dict(zip([p.pts for p in self.packets], self.index.tolist(), strict=True))
         first_index = int(self.index[first]) if numbers is not None and first else 0
-        last, decoded = -1, 0
+        last, decoded = (self._count_starts.get(first, 0) if numbers is None else 0) - 1, 0
         try:
             for frame, key_pts in decode_packets(self.stream.codec_context, self.packets[first:], skip_keys):
                 if numbers is None:
+                    if first and not decoded and frame is not None and not frame.key_frame:
+                        raise _UncleanStart
                     i = last + 1
                 else:
                     pts = frame.pts if frame is not None else key_pts
@@ -250,11 +279,40 @@ class Packets:
             raise FrameOrderError(f"{self.path}: {decoded} frames from {self.frames_hint} numbered packets")
 
 
+class _UncleanStart(Exception):
+    """A counted read's first frame is not the key frame it started at (see Packets.frames)."""
+
+
+def clean_key(packet: av.Packet, codec: str, extradata: bytes | None) -> bool:
+    """Whether a key packet is a clean random-access point: its frame is shown first among those decoded from it
+    on, after every frame decoded before it (VP8/VP9 key frames, MJPEG, H.264 IDR pictures; not an open GOP's
+    I-frame, whose leading B-frames are shown before it). Lets a read without usable timestamps start there."""
+    if codec in ("vp8", "vp9", "mjpeg"):
+        return True
+    if codec != "h264":
+        return False
+    data = bytes(packet)
+    if extradata and extradata[0] == 1:  # avcC (MP4, MKV): NAL units prefixed by their length
+        size, pos = (extradata[4] & 3) + 1, 0
+        while pos + size < len(data):
+            n = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+            if data[pos] & 0x1F in (1, 5):  # the first slice says it: 5 = IDR
+                return data[pos] & 0x1F == 5
+            pos += n
+        return False
+    for m in re.finditer(b"\x00\x00\x01", data):  # Annex B (raw streams, MPEG-TS): start codes
+        if m.end() < len(data) and data[m.end()] & 0x1F in (1, 5):
+            return data[m.end()] & 0x1F == 5
+    return False
+
+
 def demux(
     container: av.container.InputContainer, path: str, *, num_frames: int | None = None, count: bool = False
 ) -> Packets:
     """The packets of the first video stream, numbered (unless `count`, or the timestamps are missing or repeated,
-    or `num_frames` (the list's frame count) differs from the packets that give frames: then counted).
+    or `num_frames` (the list's frame count) differs from the packets that give frames: then counted, from the
+    first packet or, with a list count equal to those packets, from a clean key frame: `clean_key`).
 
     Damage ends demuxing but keeps what came before it (the frames read are worth reporting): `complete` is then
     False and `error` says why. Without a frame count from a list, data the container points to past the end of
@@ -277,8 +335,10 @@ def demux(
     pk = Packets(path, stream, packets, None, not error, error)
     if not count:
         pk.index = frame_numbers([p.pts for p in packets], [p.is_discard for p in packets])
-        if num_frames is not None and pk.frames_hint != num_frames:
-            pk.index = None
+    if num_frames is not None and pk.frames_hint != num_frames:
+        pk.index = None
+    # counting from a key frame needs every packet before it to give one frame: the list's count says so
+    pk.counted_seeks = pk.index is None and num_frames == pk.frames_hint
     return pk
 
 

@@ -193,6 +193,15 @@ def test_timestamps_against_output_order_are_caught_and_frames_counted(clips: di
         got = decode_frames(str(path), [3, 14, 15, len(ref) - 1], num_frames)
         assert all(np.array_equal(rgb, ref[i]) for i, rgb in got.items()), num_frames
     assert probe(clips["bframes"], decode=True).pts_order
+    # with the list's count a counted read need not start at the first packet: at an IDR picture, whose index is
+    # the packets before it that FFmpeg shows
+    with open_video(path) as c:
+        pk = demux(c, str(path), num_frames=len(ref), count=True)
+        first = pk.key_before(len(ref) - 1)
+        assert first > 0 and pk.packets[first].is_keyframe
+        got = list(pk.frames(first))
+    assert got[0][0] == info.key_frames[-1] and [i for i, _ in got] == list(range(got[0][0], len(ref)))
+    assert all(np.array_equal(to_ndarray(f), ref[i]) for i, f in got)
 
 
 @pytest.mark.parametrize("name", ["truncated", "webm_cut", "avi_cut"])
