@@ -5,8 +5,8 @@ Frames of a file: the frames FFmpeg outputs when it decodes the file from its st
 the i-th of them, counting from 0. `mgm-prepare lists` counts them once (`mgm.video_probe.probe`, the list's
 `num_frames`) and every reader trusts that count. A header's or container's frame count is a hint, never a
 verdict: B-frame tails, edit lists (FFmpeg discards the frames before the edit's start), pts == dts muxes and AVI
-headers make it differ from the truth. Only a read or decode error, or data the container points to lying past
-the end of the file, makes a file `truncated` / `decode_error`.
+headers make it differ from the truth. Only a read or decode error (a packet cut off by the end of the file
+among them) makes a file `truncated` / `decode_error`.
 
 Frame order: the decoder's output order, which needs no timestamps. Timestamps only serve to start decoding at a
 key frame and still know which frame comes out: `frame_numbers` gives each packet (decode order) the rank of its
@@ -106,51 +106,6 @@ def open_video(
 def source_name(source: str | os.PathLike | bytes, name: str | None) -> str:
     """What messages call `source`: `name` if given, else its path, else "<bytes>"."""
     return name or ("<bytes>" if isinstance(source, bytes | bytearray) else os.fspath(source))
-
-
-# --------------------------------------------------------------------------------------------- missing data
-def head_bytes(source: str | os.PathLike | bytes, n: int = 256) -> bytes:
-    """The first `n` bytes of a file (path or bytes); b"" when unreadable."""
-    if isinstance(source, bytes | bytearray):
-        return bytes(source[:n])
-    try:
-        with open(source, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
-
-
-def _vint(data: bytes, pos: int) -> tuple[int | None, int]:
-    """An EBML variable-length size at `pos`: (value or None when "unknown", its length in bytes)."""
-    if pos >= len(data) or data[pos] == 0:
-        return None, 1
-    length = 8 - data[pos].bit_length() + 1
-    value = data[pos] & (0xFF >> length)
-    for b in data[pos + 1 : pos + length]:
-        value = value << 8 | b
-    return (None if value == (1 << (7 * length)) - 1 else value), length
-
-
-def declared_end(container: av.container.InputContainer, head: bytes) -> int:
-    """Bytes the container's own structure says the file holds (0 when it does not say): where the last video
-    sample of an MP4/MOV index ends, the RIFF size of an AVI, the end of a Matroska/WebM Segment. `head`: the
-    file's first bytes. More than the file's size means data the container points to was cut off."""
-    fmt = container.format.name
-    if "mp4" in fmt or "mov" in fmt:
-        return max((e.pos + e.size for e in container.streams.video[0].index_entries), default=0)
-    if fmt == "avi" and head[:4] == b"RIFF" and len(head) >= 8:
-        return 8 + int.from_bytes(head[4:8], "little")
-    if "matroska" in fmt:  # EBML header element, then the Segment holding everything else
-        pos = 0
-        for element in (b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67"):
-            if head[pos : pos + 4] != element:
-                return 0
-            size, length = _vint(head, pos + 4)
-            if size is None:  # unknown size (a live stream): nothing promised
-                return 0
-            pos += 4 + length + size
-        return pos
-    return 0
 
 
 # --------------------------------------------------------------------------------------------- frame numbering
@@ -315,8 +270,7 @@ def demux(
     first packet or, with a list count equal to those packets, from a clean key frame: `clean_key`).
 
     Damage ends demuxing but keeps what came before it (the frames read are worth reporting): `complete` is then
-    False and `error` says why. Without a frame count from a list, data the container points to past the end of
-    the file makes the read incomplete too (as `decode_checked` judges it)."""
+    False and `error` says why (a read error, or a last packet cut off: as `decode_checked` judges it)."""
     stream = container.streams.video[0]
     packets, error = [], ""
     try:
@@ -327,11 +281,6 @@ def demux(
         error = str(e)
     if not error and any(p.is_corrupt for p in packets):
         error = f"data ends at byte {container.size}, in the middle of a packet"
-    if not error and num_frames is None:
-        end = declared_end(container, head_bytes(path))
-        error = (
-            f"data ends at byte {container.size}, the container points to byte {end}" if end > container.size else ""
-        )
     pk = Packets(path, stream, packets, None, not error, error)
     if not count:
         pk.index = frame_numbers([p.pts for p in packets], [p.is_discard for p in packets])

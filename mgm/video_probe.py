@@ -11,7 +11,51 @@ from dataclasses import dataclass, field
 
 import av
 
-from mgm.video import VideoError, declared_end, has_vectors, head_bytes, open_video, source_name
+from mgm.video import VideoError, has_vectors, open_video, source_name
+
+
+def head_bytes(source: str | os.PathLike | bytes, n: int = 256) -> bytes:
+    """The first `n` bytes of a file (path or bytes); b"" when unreadable."""
+    if isinstance(source, bytes | bytearray):
+        return bytes(source[:n])
+    try:
+        with open(source, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _vint(data: bytes, pos: int) -> tuple[int | None, int]:
+    """An EBML variable-length size at `pos`: (value or None when "unknown", its length in bytes)."""
+    if pos >= len(data) or data[pos] == 0:
+        return None, 1
+    length = 8 - data[pos].bit_length() + 1
+    value = data[pos] & (0xFF >> length)
+    for b in data[pos + 1 : pos + length]:
+        value = value << 8 | b
+    return (None if value == (1 << (7 * length)) - 1 else value), length
+
+
+def declared_end(container: av.container.InputContainer, head: bytes) -> int:
+    """Bytes the container's own structure says the file holds (0 when it does not say): where the last video
+    sample of an MP4/MOV index ends, the RIFF size of an AVI, the end of a Matroska/WebM Segment. `head`: the
+    file's first bytes. More than the file's size means data the container points to was cut off."""
+    fmt = container.format.name
+    if "mp4" in fmt or "mov" in fmt:
+        return max((e.pos + e.size for e in container.streams.video[0].index_entries), default=0)
+    if fmt == "avi" and head[:4] == b"RIFF" and len(head) >= 8:
+        return 8 + int.from_bytes(head[4:8], "little")
+    if "matroska" in fmt:  # EBML header element, then the Segment holding everything else
+        pos = 0
+        for element in (b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67"):
+            if head[pos : pos + 4] != element:
+                return 0
+            size, length = _vint(head, pos + 4)
+            if size is None:  # unknown size (a live stream): nothing promised
+                return 0
+            pos += 4 + length + size
+        return pos
+    return 0
 
 
 def _read_of(n: int, promised: int | None) -> str:
@@ -32,6 +76,7 @@ class VideoInfo:
     pix_fmt: str = ""  # of the decoded frames (yuv420p, yuv420p10le, yuv422p, yuvj420p, ...)
     rotation: int = 0  # display rotation in degrees the file asks for; frames are always read as stored
     pts_order: bool = True  # (when decoded) every packet gives one frame, output in the order of its timestamp
+    short_by: int = 0  # bytes the container's own size fields promise beyond the end of the file (cut short)
 
 
 def probe(
@@ -54,6 +99,7 @@ def probe(
         stream = container.streams.video[0]
         cc = stream.codec_context
         info = VideoInfo(cc.codec.canonical_name, (cc.height, cc.width), promised=stream.frames or None)
+        info.short_by = max(0, declared_end(container, head_bytes(source)) - container.size)
         if not decode:
             try:
                 info.packets = sum(1 for p in container.demux(stream) if p.size)
@@ -67,7 +113,7 @@ def probe(
         inter: list[av.VideoFrame] = []
         n = 0
         try:
-            for n, frame in enumerate(decode_checked(container, name, head_bytes(source), seen), start=1):
+            for n, frame in enumerate(decode_checked(container, name, seen), start=1):
                 if n == 1:
                     info.pix_fmt, info.rotation = frame.format.name, int(frame.rotation or 0)
                 info.size = (frame.height, frame.width)
@@ -89,19 +135,15 @@ def probe(
 
 
 def decode_checked(
-    container: av.container.InputContainer,
-    path: str,
-    head: bytes | None = None,
-    seen: list[tuple[int | None, bool]] | None = None,
+    container: av.container.InputContainer, path: str, seen: list[tuple[int | None, bool]] | None = None
 ) -> Iterator[av.VideoFrame]:
     """Every frame FFmpeg outputs from the first video stream, in output order. Raises VideoError: `truncated`
-    when data the container points to lies past the end of the file (a cut-off last packet, an index or a size
-    field reaching further), `decode_error` for other corrupt data, `no_frames` when nothing decodes. How many
-    frames the header promises does not matter. `head`: the file's first bytes (read from `path` if None);
-    `seen` collects (pts, discarded) of every packet."""
+    for a packet cut off by the end of the file (a short read; decodable or not), `decode_error` for other corrupt
+    data, `no_frames` when nothing decodes. How many frames the header promises does not matter, nor whether the
+    container's size fields promise more bytes (`VideoInfo.short_by`: a note, not an error, when every packet
+    reads and decodes). `seen` collects (pts, discarded) of every packet."""
     stream = container.streams.video[0]
     promised, size = stream.frames or None, container.size
-    end = declared_end(container, head_bytes(path) if head is None else head)
     n, cut = 0, False
     for packet in container.demux(stream):
         cut = cut or packet.is_corrupt
@@ -110,8 +152,7 @@ def decode_checked(
         try:
             frames = packet.decode()
         except (av.FFmpegError, ValueError) as e:
-            at_end = packet.pos is not None and packet.pos + packet.size >= size
-            if cut or at_end or end > size:
+            if cut or (packet.pos is not None and packet.pos + packet.size >= size):
                 raise VideoError(path, "truncated", f"data ends at byte {size}: {_read_of(n, promised)}", n) from None
             raise VideoError(path, "decode_error", f"{_read_of(n, promised)}: {e}", n) from None
         for frame in frames:
@@ -119,6 +160,6 @@ def decode_checked(
             yield frame
     if n == 0:
         raise VideoError(path, "no_frames", "no frame decodes")
-    if cut or end > size:
-        where = f"the container points to byte {end}" if end > size else "its last packet is cut off"
-        raise VideoError(path, "truncated", f"data ends at byte {size}, {where}: {_read_of(n, promised)}", n)
+    if cut:
+        detail = f"data ends at byte {size}, in the middle of a packet: {_read_of(n, promised)}"
+        raise VideoError(path, "truncated", detail, n)

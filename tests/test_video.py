@@ -14,7 +14,6 @@ from mgm.prep.synth import EncodeSpec, encode, render_clip
 from mgm.video import (
     MV_DTYPE,
     VideoError,
-    declared_end,
     decode_frames,
     demux,
     frame_numbers,
@@ -22,7 +21,7 @@ from mgm.video import (
     motion_vectors,
     open_video,
 )
-from mgm.video_probe import probe
+from mgm.video_probe import declared_end, probe
 
 FRAMES, GOP = 30, 12
 
@@ -205,18 +204,25 @@ def test_timestamps_against_output_order_are_caught_and_frames_counted(clips: di
 
 
 @pytest.mark.parametrize("name", ["truncated", "webm_cut", "avi_cut"])
-def test_data_cut_off_is_truncated_whatever_the_header_promises(clips: dict[str, Path], name: str) -> None:
-    """MP4 (index past the end, a cut packet), WebM (a Segment size past the end; FFmpeg reads it silently) and
-    AVI (RIFF size) cut short: `truncated`, naming the frames read."""
+def test_files_cut_short_are_truncated_only_when_a_read_fails(clips: dict[str, Path], name: str) -> None:
+    """MP4 and AVI cut mid-packet: the last packet reads short, `truncated`, naming the frames read. WebM cut
+    short: FFmpeg reads every block that is there without an error, so the file is kept with those frames; only
+    its Segment size (as the MP4 index and the AVI RIFF size do) says bytes are missing (`short_by`, a note)."""
     path = clips[name]
     with open_video(path) as c:
         assert declared_end(c, path.read_bytes()[:256]) > path.stat().st_size
-    with pytest.raises(VideoError) as info:
-        probe(path, decode=True)
-    assert info.value.reason == "truncated" and f"after {info.value.frames_read} frames" in info.value.detail
+    if name == "webm_cut":
+        info = probe(path, decode=True)
+        assert 0 < info.frames < FRAMES and info.short_by > 0
+        assert decode_frames(str(path), [info.frames - 1], info.frames)  # the readers agree
+    else:
+        with pytest.raises(VideoError) as err:
+            probe(path, decode=True)
+        assert err.value.reason == "truncated" and f"after {err.value.frames_read} frames" in err.value.detail
     whole = {"truncated": clips["bframes"], "webm_cut": clips["vp9"], "avi_cut": clips["avi"]}[name]
     with open_video(whole) as c:  # complete files say no more than they hold
         assert 0 < declared_end(c, whole.read_bytes()[:256]) <= whole.stat().st_size
+    assert probe(whole, decode=True).short_by == 0
 
 
 def test_an_avi_header_promising_more_frames_is_only_a_hint(clips: dict[str, Path], tmp_path: Path) -> None:

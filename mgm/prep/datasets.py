@@ -211,8 +211,12 @@ def nvdec_problem(codec: str, pix_fmt: str) -> str:
 
 
 def notes_for(info: video_probe.VideoInfo) -> list[tuple[str, str]]:
-    """What `lists` notes about a usable file: (kind, detail) with kind header | timestamps | nvdec | rotation."""
+    """What `lists` notes about a usable file: (kind, detail) with kind cut | header | timestamps | nvdec |
+    rotation."""
     notes = []
+    if info.short_by:
+        cut = f"the container promises {info.short_by} bytes more than the file holds (an interrupted copy?), but "
+        notes.append(("cut", cut + f"every packet reads and decodes: kept with the {info.frames} frames there"))
     if info.promised and info.promised != info.frames:
         notes.append(("header", f"the header promises {info.promised} frames, {info.frames} decode (kept)"))
     if not info.pts_order:
