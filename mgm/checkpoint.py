@@ -40,6 +40,10 @@ _NUMPY_ARRAY = [
 ]
 
 
+# What torch.load(weights_only=True) rebuilds, besides containers (dict, list, tuple, set) and None.
+_PLAIN = (bool, int, float, complex, str, bytes, torch.Tensor, torch.Size, torch.dtype, torch.device)
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and why."""
 
@@ -78,17 +82,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:
-    """`obj` with numpy scalars as Python numbers and numpy arrays as tensors; anything else that
-    `torch.load(weights_only=True)` would refuse raises TypeError naming its place (e.g. checkpoint['loader'])."""
+    """`obj` with numpy scalars as Python numbers and numpy arrays as tensors (containers rebuilt only where
+    something changed, so a state dict keeps its metadata); anything else that `torch.load(weights_only=True)`
+    would refuse raises TypeError naming its place (e.g. checkpoint['loader'])."""
     if isinstance(obj, dict):
-        return type(obj)((k, plain(v, f"{where}[{k!r}]")) for k, v in obj.items())
-    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):  # a namedtuple would pickle as its class
-        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+        new = {k: plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return obj if all(new[k] is v for k, v in obj.items()) else type(obj)(new)
+    if isinstance(obj, list | tuple | set) and not hasattr(obj, "_fields"):  # a namedtuple pickles as its class
+        new = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return obj if all(a is b for a, b in zip(new, obj, strict=True)) else type(obj)(new)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
-    if obj is None or isinstance(obj, bool | int | float | complex | str | bytes | torch.Tensor | torch.Size):
+    if obj is None or isinstance(obj, _PLAIN):
         return obj
     raise TypeError(f"{where}: {type(obj).__name__} cannot be saved in a checkpoint (tensors and plain Python only)")
 
@@ -163,11 +170,13 @@ def load(path: str | Path) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         asked = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it asks for {asked.group(1)}" if asked else str(e).splitlines()[0]
+        if asked is None:  # not refused for what it asks, just not a pickle of ours (a torn or foreign file)
+            why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise CheckpointError(f"{path}: not a readable checkpoint ({why.group(1) if why else e})") from None
         raise CheckpointError(
-            f"{path}: refused, not a plain-weights checkpoint ({what}); only tensors and plain Python are loaded, "
-            "since unpickling anything else can run code. Re-save it from a trusted environment as a state "
-            "dict, or as .safetensors"
+            f"{path}: refused, not a plain-weights checkpoint (it asks for {asked.group(1)}); only tensors and "
+            "plain Python are loaded, since unpickling anything else can run code. Re-save it from a trusted "
+            "environment as a state dict, or as .safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:  # a torn or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
@@ -178,12 +187,14 @@ def load(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class LoadReport:
-    """What `load_state` did: tensors loaded, model tensors left at their init, checkpoint tensors not used."""
+    """What `load_state` did: tensors loaded, model tensors left at their init, checkpoint tensors not used, and
+    notes from the conversion (what was dropped and why)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         def names(keys: list[str]) -> str:
@@ -191,7 +202,7 @@ class LoadReport:
             return ", ".join(heads) if keys else "none"
 
         return (f"{self.source}: loaded {len(self.loaded)} tensors; new (initialized): {names(self.fresh)}; "
-                f"not used: {names(self.dropped)}")  # fmt: skip
+                f"not used: {names(self.dropped)}" + "".join(f"; {n}" for n in self.notes))  # fmt: skip
 
 
 def architecture(state: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -4,7 +4,7 @@ Conventions (shared with the loader and the masks):
 - video: (B, 3, T, H, W) float, normalized with data.mean / data.std (ImageNet's by default);
 - mask: (B, N) bool, True = masked, the same number of True per row; N = T/ts * H/p * W/p, token order (t, h, w);
 - a predicted patch vector is laid out (ts, p, p, C) (`patchify`), as in VideoMAE and Hugging Face
-  `VideoMAEForPreTraining`, so weights map one to one (`load_hf_state_dict`) and predictions compare directly.
+  `VideoMAEForPreTraining`, so weights map one to one (mgm.convert) and predictions compare directly.
 
 Speed, with the same math: the tubelet embedding is a Conv3d with stride = kernel, i.e. a linear map of each
 patch vector, so the encoder embeds only the visible patches (10% at ratio 0.9) instead of every tubelet; the
@@ -269,51 +269,15 @@ def create_model(size: str = "base", data: DataConfig | None = None, **model: An
     return VideoMAEPretrain(ModelConfig(size=size, **model), data or DataConfig())
 
 
-_HF_BLOCK = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "attention.attention.query.bias": "attn.q_bias",
-    "attention.attention.value.bias": "attn.v_bias",
-}
-
-
-def hf_to_mgm_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face `VideoMAEForPreTraining` state dict (use_mean_pooling=False) to this model's keys."""
-    out: dict[str, torch.Tensor] = {}
-    prefixes = [("videomae.encoder.layer.", "blocks."), ("decoder.decoder_layers.", "decoder_blocks.")]
-    fixed = {
-        "videomae.embeddings.patch_embeddings.projection": "patch_embed.proj",
-        "videomae.layernorm": "norm",
-        "decoder.norm": "decoder_norm",
-        "decoder.head": "head",
-    }
-    for key, val in hf.items():
-        for src, dst in prefixes:
-            if key.startswith(src):
-                idx, rest = key[len(src) :].split(".", 1)
-                if rest.endswith(("query.weight", "key.weight", "value.weight")):
-                    if rest.endswith("query.weight"):  # q, k, v stacked into one (3D, D) matrix
-                        base = f"{src}{idx}.attention.attention."
-                        qkv = [hf[base + n + ".weight"] for n in ("query", "key", "value")]
-                        out[f"{dst}{idx}.attn.qkv.weight"] = torch.cat(qkv)
-                    break
-                name = next((v + rest[len(k) :] for k, v in _HF_BLOCK.items() if rest.startswith(k)), None)
-                if name is None:
-                    raise KeyError(f"hf_to_mgm_state_dict: no mapping for {key!r}")
-                out[f"{dst}{idx}.{name}"] = val
-                break
-        else:
-            stem, _, leaf = key.rpartition(".")
-            out[f"{fixed[stem]}.{leaf}" if stem in fixed else key] = val
-    return out
-
-
 def load_hf_state_dict(model: VideoMAEPretrain, hf: dict[str, torch.Tensor]) -> None:
-    """Copy Hugging Face `VideoMAEForPreTraining` weights into `model` (strict: every key must match)."""
-    model.load_state_dict(hf_to_mgm_state_dict(hf), strict=True)
+    """Copy Hugging Face `VideoMAEForPreTraining` weights into `model` (every name and shape must fit).
+
+    The renaming lives with the other checkpoint layouts in mgm.convert (imported here, when called, since it
+    builds on this module)."""
+    from mgm.convert import hf_to_mgm
+
+    state, _ = hf_to_mgm(hf)
+    model.load_state_dict(state, strict=True)
 
 
 def model_from_config(cfg: Config) -> VideoMAEPretrain:
