@@ -52,8 +52,8 @@ class VideoMAEClassifier(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(IN_CHANS, s.dim, kernel, kernel)
         self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, s.dim), persistent=False)
-        rates = torch.linspace(0, model.drop_path, s.depth).tolist()
-        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r) for r in rates)
+        rates = torch.linspace(0, model.drop_path, s.depth, device="cpu").tolist()  # cpu: also under a meta device
+        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r, s.mlp_ratio) for r in rates)
         self.fc_norm = nn.LayerNorm(s.dim, eps=NORM_EPS)
         self.head_drop = nn.Dropout(model.head_dropout) if model.head_dropout > 0 else nn.Identity()
         self.head = nn.Linear(s.dim, model.num_classes) if model.num_classes > 0 else nn.Identity()

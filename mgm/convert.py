@@ -49,7 +49,7 @@ from mgm import checkpoint as ckpt
 from mgm.checkpoint import CheckpointError, CheckpointMismatch, LoadReport, architecture, load_state
 from mgm.classifier import VideoMAEClassifier, encoder_state
 from mgm.config import DataConfig, ModelConfig, load_config
-from mgm.model import MLP_RATIO, MODEL_SIZES, NORM_EPS, VideoMAEPretrain, model_size, sinusoid_table
+from mgm.model import MODEL_SIZES, NORM_EPS, VideoMAEPretrain, model_size, sinusoid_table
 
 # Inside a block: ours -> Hugging Face (q, k, v weights are handled apart: one (3D, D) matrix vs three (D, D)).
 _HF_BLOCK = (
@@ -320,11 +320,11 @@ def export_hf(net: nn.Module, model: ModelConfig, data: DataConfig, out_dir: str
     cfg = transformers.VideoMAEConfig(
         image_size=data.input_size, patch_size=model.patch, num_frames=data.num_frames, tubelet_size=model.tubelet,
         hidden_size=s.dim, num_hidden_layers=s.depth, num_attention_heads=s.heads,
-        intermediate_size=int(s.dim * MLP_RATIO), layer_norm_eps=NORM_EPS, qkv_bias=True,
+        intermediate_size=int(s.dim * s.mlp_ratio), layer_norm_eps=NORM_EPS, qkv_bias=True,
         use_mean_pooling=kind == "classifier", norm_pix_loss=model.norm_pix_loss,
         num_labels=model.num_classes if kind == "classifier" else 2, decoder_hidden_size=s.decoder_dim,
         decoder_num_hidden_layers=s.decoder_depth, decoder_num_attention_heads=s.decoder_heads,
-        decoder_intermediate_size=int(s.decoder_dim * MLP_RATIO),
+        decoder_intermediate_size=int(s.decoder_dim * s.mlp_ratio),
     )  # fmt: skip
     hf_cls = transformers.VideoMAEForPreTraining if kind == "pretrain" else transformers.VideoMAEForVideoClassification
     hf = hf_cls(cfg)

@@ -15,9 +15,9 @@ import torch
 from _fakes import CLIP, FRAMES, SIZE, tiny_model
 
 from mgm import convert
-from mgm.checkpoint import CheckpointError, CheckpointMismatch
-from mgm.classifier import VideoMAEClassifier
-from mgm.config import ModelConfig
+from mgm.checkpoint import CheckpointError, CheckpointMismatch, load_state
+from mgm.classifier import VideoMAEClassifier, encoder_state
+from mgm.config import DataConfig, ModelConfig
 from mgm.model import MODEL_SIZES, VideoMAEPretrain, sinusoid_table
 
 transformers = pytest.importorskip("transformers")
@@ -232,3 +232,23 @@ def test_encoder_only_hf_folder_starts_hf_fine_tuning_with_our_encoder(tmp_path:
         tokens = hf.videomae(video.transpose(1, 2)).last_hidden_state  # (B, N, D), no final norm
         ref = ours.forward_encoder(ours.patch_tokens(video), torch.arange(tokens.shape[1]).expand(2, -1))
     _close(ours.norm(tokens), ref)
+
+
+def test_videomae_v2_giant_recognised_by_shape_and_named_when_config_differs() -> None:
+    """V2's ViT-g (width 1408, 40 blocks, MLP 6144, 14x14 patches): the size comes from the tensors' shapes
+    (meta tensors: shapes without the 4 GB of weights)."""
+    with torch.device("meta"):
+        giant = VideoMAEPretrain(ModelConfig(size="giant", patch=14), DataConfig(num_frames=16, input_size=224))
+    released = convert.mgm_to_videomae(giant.state_dict(), "pretrain")  # its .pth names
+    assert released["encoder.blocks.39.mlp.fc1.weight"].shape == (6144, 1408)
+    w = convert.Weights(convert.videomae_to_mgm(released), "pretrain", "vit_g_hybrid_pt_1200e.pth", "videomae-pretrain")
+    model = convert.model_config_for(w)
+    assert (model.size, model.patch, model.tubelet, model.decoder_dim, model.decoder_depth) == ("giant", 14, 2, 512, 4)
+    enc, _ = encoder_state(w.state)
+    with torch.device("meta"):
+        base = VideoMAEClassifier(ModelConfig(size="base", num_classes=174), DataConfig())
+    with pytest.raises(CheckpointMismatch) as e:
+        load_state(base, enc, source=w.source, fresh=("fc_norm.", "head."))
+    msg = str(e.value)
+    assert "patch_embed.proj.weight: checkpoint (1408, 3, 2, 14, 14), model (768, 3, 2, 16, 16)" in msg
+    assert "model.size=giant" in msg and "model.patch=14" in msg
