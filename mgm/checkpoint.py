@@ -2,9 +2,10 @@
 
 Safe reading: a pickled `.pth` can run code when it is unpickled, and released weights come from the internet.
 Every checkpoint this project reads (its own, VideoMAE / VideoMAE V2 `.pth`, Hugging Face folders) goes through
-`load`: `torch.load(weights_only=True)`, which builds only tensors and plain containers and refuses anything else,
-or safetensors. So our own checkpoints hold only tensors and plain Python: `save_atomic` checks that before
-writing (`plain`), and the numpy RNG state is stored as a tensor (`rng_state`).
+`load`: `torch.load(weights_only=True)`, which builds only tensors and plain containers (plus numpy arrays and
+scalars and argparse.Namespace, `_SAFE_GLOBALS`) and refuses anything else, or safetensors. So our own
+checkpoints hold only tensors and plain Python: `save_atomic` checks that before writing (`plain`), and the numpy
+RNG state is stored as a tensor (`rng_state`).
 
 Checked loading: `load_state` puts a state dict into a module only when every tensor has the module's shape; a
 mismatch names the tensor, both shapes, and the config key that would make them agree (`model.size=large`,
@@ -13,6 +14,7 @@ mismatch names the tensor, both shapes, and the config key that would make them 
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
 import re
@@ -28,16 +30,18 @@ from mgm.atomic import atomic_write
 
 PATTERN = "step_*.pt"
 
-# Numpy arrays in checkpoints written before the RNG state became a tensor: these rebuild a plain array (numeric
-# dtype, raw bytes) and nothing else, so old runs still resume under weights_only.
-_RECONSTRUCT = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
-_NUMPY_ARRAY = [
-    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),  # numpy 2 writes this name
-    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),  # numpy 1
+# Classes that rebuild plain data and run nothing else, allowed on top of weights_only's tensors and containers:
+# numpy arrays and scalars of numeric dtypes (the RNG state of our checkpoints written before it became a tensor;
+# `best_acc`-style values in others) and argparse.Namespace (VideoMAE's training checkpoints keep their `args`).
+_NP_CORE = (getattr(np, "_core", None) or np.core).multiarray
+_SAFE_GLOBALS = [
+    *[(f, f"numpy.{core}.multiarray.{f.__name__}") for f in (_NP_CORE._reconstruct, _NP_CORE.scalar)
+      for core in ("_core", "core")],  # numpy 2 and numpy 1 write these names
     np.ndarray,
     np.dtype,
-    np.dtypes.UInt32DType,
-]
+    *[getattr(np.dtypes, f"{t}DType") for t in ("Bool", "Int32", "Int64", "UInt32", "UInt64", "Float32", "Float64")],
+    argparse.Namespace,
+]  # fmt: skip
 
 
 # What torch.load(weights_only=True) rebuilds, besides containers (dict, list, tuple, set) and None.
@@ -166,7 +170,7 @@ def load(path: str | Path) -> dict[str, Any]:
         except Exception as e:  # safetensors raises its own SafetensorError for a bad header
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         asked = re.search(r"GLOBAL (\S+)", str(e))

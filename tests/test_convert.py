@@ -8,6 +8,7 @@ Hugging Face hard-codes LayerNorm eps 1e-5 for fc_norm and the decoder's last no
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -139,8 +140,10 @@ def test_videomae_pretraining_layout_round_trip_and_module_wrapping(tmp_path: Pa
     assert convert.main([str(tmp_path / "ours.pt"), str(tmp_path / "vm.pth"), "--to", "videomae"]) == 0
     saved = torch.load(tmp_path / "vm.pth", weights_only=True)["model"]
     assert set(saved) == _videomae_pretrain_keys(TINY.depth, TINY.decoder_depth)
-    # DDP-saved: {"module": {"module.encoder...": ...}}, plus the non-tensor extras their files carry
-    torch.save({"module": {f"module.{k}": v for k, v in saved.items()}, "epoch": 799}, tmp_path / "ddp.pth")
+    # DDP-saved: {"module": {"module.encoder...": ...}}, plus the extras VideoMAE's save_model writes (its args as
+    # an argparse.Namespace, allowed: it rebuilds plain data only)
+    extras = {"epoch": 799, "args": argparse.Namespace(model="pretrain_videomae_tiny", lr=1.5e-4), "scaler": {}}
+    torch.save({"module": {f"module.{k}": v for k, v in saved.items()}, **extras}, tmp_path / "ddp.pth")
     w = convert.read_weights(tmp_path / "ddp.pth")
     assert (w.layout, w.kind) == ("videomae-pretrain", "pretrain")
     assert w.state.keys() == ours.state_dict().keys()
