@@ -154,10 +154,10 @@ class ClipDataset(Dataset):
                 start, stop = span_of(idx, listed)
                 start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
                 field, _ = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
-                                     keep=np.unique(idx).tolist(), on_frame=add)  # fmt: skip
+                                     keep=np.unique(idx).tolist(), on_frame=add, num_frames=listed)  # fmt: skip
             else:  # no motion needed here (cache or a motion-blind mask): a plain decode is cheaper
                 field = None
-                for i, frame in iter_frames(path, idx):
+                for i, frame in iter_frames(path, idx, num_frames=listed):
                     add(i, to_rgb(frame))
             frames = {i: f for r in resizers.values() for i, f in r.result().items()}
         except Exception as e:  # MotionReadError, VideoError, a vanished file: name it and move on

@@ -31,28 +31,40 @@ def twin_path(path: str, suffix: str | None) -> str:
     return str(Path(path).with_suffix(suffix)) if suffix else path
 
 
-def probe(data: bytes, name: str) -> tuple[int, int, int]:
-    """(H, W, packets) of the first video stream of an encoded file held in memory; BadVideoError if unusable.
+def open_checked(data: bytes, name: str) -> Any:
+    """The encoded file held in memory, opened (headers only: mgm.video.open_video); BadVideoError if unusable.
 
-    Counting packets only demuxes (no decoding, ~1 ms for a short clip) and catches truncated or broken
-    containers here, in the worker, where the file can be named and replaced, rather than inside DALI's
-    decoder, where an error ends the whole batch.
+    The file list already holds the frame count (`mgm-prepare lists` decoded every frame), so nothing here counts
+    frames; `check_frames` then demuxes only as far as the clip needs. Both catch broken or changed files here, in
+    the worker, where the file can be named and replaced, rather than inside DALI's decoder, where an error ends
+    the whole batch.
     """
-    from mgm.video import VideoError
-    from mgm.video import probe as probe_video
+    from mgm.video import VideoError, open_video
 
     try:
-        info = probe_video(data, name=name)
+        container = open_video(data, name=name)
     except VideoError as e:
         raise BadVideoError(str(e)) from None
     except Exception as e:  # av raises many error types for garbage input
         raise BadVideoError(f"{name}: cannot open as video ({type(e).__name__}: {e})") from None
-    (h, w), packets = info.size, info.packets or 0
-    if h <= 0 or w <= 0:
+    cc = container.streams.video[0].codec_context
+    if cc.height <= 0 or cc.width <= 0:
+        container.close()
         raise BadVideoError(f"{name}: video stream has no frame size")
-    if packets < 1:
-        raise BadVideoError(f"{name}: no video frames")
-    return h, w, packets
+    return container
+
+
+def check_frames(container: Any, name: str, needed: int, listed: int) -> None:
+    """BadVideoError naming the file and both counts when it ends before frame `needed` - 1 (truncated or
+    changed since its list said it has `listed` frames). Demuxes only up to the clip's last frame (+ a margin)."""
+    from mgm.video import frames_present
+
+    have = frames_present(container, needed)
+    if have < needed:
+        raise BadVideoError(
+            f"{name}: the file holds {have} frames, the clip needs frame {needed - 1} and the file list says "
+            f"{listed} (truncated or changed since `mgm-prepare lists`?)"
+        )
 
 
 def read_bytes(path: str) -> bytes:
@@ -124,7 +136,9 @@ class MaskMaker:
 
         # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
         start, stop = span_of(spec.frame_indices, num_frames)
-        return read_motion(spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop)
+        return read_motion(
+            spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop, num_frames=num_frames
+        )
 
     def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
         """Mask (T2*Hp*Wp,) bool, True = masked, for `spec` given its MotionField (or None)."""
@@ -195,13 +209,11 @@ class DaliClipSource:
         path = self.sampler.paths[video_index]
         src = twin_path(path, self.twin_suffix)
         data = read_bytes(src)
-        h, w, packets = probe(data, src)
-        listed = int(self.sampler.lengths[video_index])
-        if packets < listed // 2:  # far fewer frames than the list says: truncated or broken, not a rounding slip
-            raise BadVideoError(f"{src}: {packets} frames in the file, {listed} in the file list (truncated?)")
-        # the file's own count wins over the list's: DALI (pad_mode="none") fails on a missing frame
-        frames = min(listed, packets)
-        spec = self.sampler.spec(epoch, video_index, (h, w), attempt, num_video_frames=frames)
+        frames = int(self.sampler.lengths[video_index])  # the list's count, made by decoding every frame: trusted
+        with open_checked(data, src) as container:
+            cc = container.streams.video[0].codec_context
+            spec = self.sampler.spec(epoch, video_index, (cc.height, cc.width), attempt, num_video_frames=frames)
+            check_frames(container, src, int(spec.frame_indices.max()) + 1, frames)
         t0 = time.perf_counter()
         try:
             mask = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
