@@ -8,7 +8,7 @@ Graph (one sample; the batch is `batch_size` of these)::
       -> resize(roi_start, roi_end, size=[S, S])              # exactly the sampler's crop box, every frame
       -> sequence_rearrange(new_order=order)                 # the clip's frame order, repeats restored
       -> crop_mirror_normalize(mirror, mean, std, "CFHW")    # flip + normalize + layout + dtype
-    mask, meta, indices, mask seconds -> fn.copy              # outputs go through an operator, not the source
+    mask, meta, indices, mask seconds, decoder mask -> fn.copy  # outputs go through an operator, not the source
 
 Why the decoder gets each frame once: it sorts the requested frames and decodes forward, but a repeated index
 (short clips under data.short_video=loop/clamp) sends it back to the previous key frame to decode that frame
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-OUTPUTS = ("video", "mask", "meta", "frame_indices", "mask_time")
+OUTPUTS = ("video", "mask", "meta", "frame_indices", "mask_time", "decoder_mask")
 _DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}  # crop_mirror_normalize has no bfloat16
 _FRAMES = 1  # position of the frame indices among the source's outputs (dali_pipes.sources.DaliClipSource)
 
@@ -86,7 +86,8 @@ def build_pipeline(
     decoder for the clip's indices as they are, repeats included (the graph before it decoded each frame once;
     kept to compare against).
     Outputs in OUTPUTS order: video (3, T, S, S) `dtype` (on the GPU for "mixed"), mask (N,) bool (True =
-    masked), meta (4,) int64, frame indices (T,) int32, mask seconds (1,) float32.
+    masked), meta (4,) int64, frame indices (T,) int32, mask seconds (1,) float32, decoder mask (N,) bool (True =
+    reconstructed; (0,) when decoder masking is off).
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device={decode_device!r}: 'mixed' (GPU) or 'cpu'")
@@ -116,7 +117,7 @@ def build_pipeline(
             prefetch_queue_depth=source_prefetch,
             bytes_per_sample_hint=bytes_per_sample,
         )
-        enc, idx, roi_start, roi_end, mirror, mask, meta, secs = outputs[: source.NUM_OUTPUTS]
+        enc, idx, roi_start, roi_end, mirror, mask, meta, secs, dec = outputs[: source.NUM_OUTPUTS]
         frames, order = outputs[source.NUM_OUTPUTS :] if distinct else (idx, None)
         video = fn.decoders.video(enc, device=decode_device, frames=frames, pad_mode="none", **decoder_args)
         video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=[input_size, input_size])  # (U,S,S,3)
@@ -130,6 +131,6 @@ def build_pipeline(
             mean=[255.0 * m for m in mean],
             std=[255.0 * s for s in std],
         )  # (3, T, S, S)
-        return video, fn.copy(mask), fn.copy(meta), fn.copy(idx), fn.copy(secs)
+        return video, fn.copy(mask), fn.copy(meta), fn.copy(idx), fn.copy(secs), fn.copy(dec)
 
     return clip_pipeline()

@@ -73,6 +73,8 @@ class MaskMaker:
     clip's span). Masks that ignore motion ("tube", "random") skip reading it. The generator is built here, at
     start-up: a mistake in `knobs` raises mgm.config.ConfigError naming `mask.knobs.<key>` before any worker
     starts; the workers receive the built generator with this object.
+    decoder_target_ratio > 0 turns on decoder masking (mask.decoder_target_ratio): `make_pair` then also picks the
+    decoder's targets among the masked tokens with the `decoder_name` generator (mgm.masking.DecoderMasking).
     """
 
     name: str
@@ -84,17 +86,24 @@ class MaskMaker:
     cell: int = 8
     threads: int = 1
     seed: int = 0
+    decoder_name: str = "running_cell"
+    decoder_target_ratio: float = 0.0  # 0 = no decoder masking
     _gen: Any = field(init=False, default=None, repr=False)
+    _decoder: Any = field(init=False, default=None, repr=False)
     _cache: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from mgm.config import mask_generator
 
         self._gen = mask_generator(self.name, self.ratio, tuple(self.grid), self.knobs)
+        if self.decoder_target_ratio > 0:
+            from mgm.config import decoder_generator
+
+            self._decoder = decoder_generator(self.decoder_name, self.decoder_target_ratio, self._gen)
 
     @property
     def needs_motion(self) -> bool:
-        return self.name == "mgm"
+        return self.name == "mgm" or (self._decoder is not None and self.decoder_name == "mgm")
 
     def generator(self) -> Any:
         """The mask generator (mgm.masking): `gen(motion_map, rng) -> (N,) bool`, True = masked."""
@@ -119,11 +128,20 @@ class MaskMaker:
 
     def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
         """Mask (T2*Hp*Wp,) bool, True = masked, for `spec` given its MotionField (or None)."""
+        return self.make_pair(spec, epoch, motion)[0]
+
+    def make_pair(self, spec: ClipSpec, epoch: int, motion: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mask, decoder_mask) for `spec` given its MotionField (or None): mask (N,) bool, True = masked;
+        decoder_mask (N,) bool, True = reconstructed, a subset of mask, or None without decoder masking."""
         rng = np.random.default_rng([self.seed, epoch, spec.video_index, 2])
         motion_map = None
         if motion is not None:
             motion_map = motion.clip_map(spec.frame_indices, crop=spec.crop, flip=spec.flip, grid=tuple(self.grid))
-        return np.asarray(self.generator()(motion_map, rng), dtype=bool)
+        mask = np.asarray(self.generator()(motion_map, rng), dtype=bool)
+        if self._decoder is None:
+            return mask, None
+        # a stream of its own: the encoder's masks are the same with decoder masking on or off
+        return mask, self._decoder(mask, motion_map, np.random.default_rng([self.seed, epoch, spec.video_index, 3]))
 
 
 def with_replacement(
@@ -153,12 +171,13 @@ class DaliClipSource:
 
     Outputs, in order: encoded bytes (n,) uint8, frame indices (T,) int32, ROI start [y, x] and end [y, x]
     float32 (the crop box in source pixels), mirror () int32, mask (N,) bool (True = masked), meta (4,) int64
-    [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32.
+    [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32, decoder mask (N,)
+    bool (True = reconstructed; (0,) without decoder masking: DALI's outputs are fixed when the graph is built).
     `epoch0`/`offset0` place DALI's own epoch counter: its epoch k is our epoch epoch0 + k, and its first
     epoch starts `offset0` samples in (a resumed run).
     """
 
-    NUM_OUTPUTS = 8
+    NUM_OUTPUTS = 9
 
     def __init__(
         self, sampler: ClipSampler, masks: MaskMaker, *, epoch0: int = 0, offset0: int = 0, twin_suffix: str | None
@@ -172,7 +191,7 @@ class DaliClipSource:
             self._order = (epoch, self.sampler.epoch_indices(epoch))
         return self._order[1]
 
-    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, np.ndarray, float]:
+    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, tuple, float]:
         path = self.sampler.paths[video_index]
         src = twin_path(path, self.twin_suffix)
         data = read_bytes(src)
@@ -185,7 +204,7 @@ class DaliClipSource:
         spec = self.sampler.spec(epoch, video_index, (h, w), attempt, num_video_frames=frames)
         t0 = time.perf_counter()
         try:
-            mask = self.masks.make(spec, epoch, self.masks.read_motion(spec, frames))
+            mask = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
         except Exception as e:  # MotionReadError, codec errors on the original: all name the file below
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
         return data, spec, mask, time.perf_counter() - t0
@@ -196,7 +215,7 @@ class DaliClipSource:
         order = self._indices(epoch)
         if pos >= len(order):
             raise StopIteration
-        (data, spec, mask, secs), bad, first_bad = with_replacement(
+        (data, spec, (mask, dec), secs), bad, first_bad = with_replacement(
             self.sampler, epoch, int(order[pos]), lambda vi, a: self._load(epoch, vi, a)
         )
         x, y, w, h = spec.crop
@@ -209,4 +228,5 @@ class DaliClipSource:
             mask,
             np.array([spec.video_index, spec.label, bad, first_bad], np.int64),
             np.array([secs], np.float32),
+            dec if dec is not None else np.zeros(0, bool),
         )
