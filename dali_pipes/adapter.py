@@ -29,6 +29,35 @@ class TooManyBadVideos(RuntimeError):
     """More than max_bad_fraction of an epoch's samples failed to load."""
 
 
+# How DALI 2.4 words a failed run(). An operator's failure: "Error in CPU|MIXED|GPU operator `nvidia.dali.fn.<op>`
+# ... encountered:\n\n<message>". CUDA failures: "CUDA driver API error <name>" / "CUDA runtime API error <name>"
+# (dali/core/cuda_error.h), allocations "Can't allocate N bytes"; a missing libnvcuvid fails the first cuvid call
+# (a driver API error) after "dlopen libnvcuvid.so failed"; a dead worker pool is "Worker data receiving
+# interrupted", from no operator at all. Only the decoder failing on a stream (unreadable data, a codec setting
+# NVDEC refuses) is about the batch's videos; everything else is about the machine or the code and must stop the
+# run as itself, not be counted as unreadable videos while the pipeline is rebuilt again and again.
+DECODER_OP = "decoders.video"
+SYSTEMIC = ("cuda driver api error", "cuda runtime api error", "cuda_error", "cudaerror", "nvcuvid", "can't allocate",
+            "cuda allocation failed", "out of memory", "nvml")  # fmt: skip
+MAX_LOST_IN_A_ROW = 3  # decoder failures on consecutive batches: a systemic fault, not bad files
+
+
+def is_bad_video_error(error: BaseException) -> bool:
+    """Whether an error of DALI's run() is the decoder failing on the batch's streams (True: lose the batch, go
+    on) rather than CUDA, NVDEC's library, memory, the worker pool or another operator (False: stop)."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and DECODER_OP in text and not any(m in text for m in SYSTEMIC)
+
+
+def dali_reason(error: BaseException) -> str:
+    """The operator's own message out of DALI's wrapping (the text after "encountered:"), one line."""
+    text = str(error)
+    if "encountered:" in text:
+        text = text.split("encountered:", 1)[1].split("C++ context:", 1)[0]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return next((line for line in lines if "frame" in line or "decod" in line.lower()), lines[0] if lines else "")
+
+
 LAYOUTS = ("BCTHW", "BTCHW")  # VideoMAE's and timm's (B, 3, T, H, W); Hugging Face's VideoMAE (B, T, 3, H, W)
 
 
@@ -157,7 +186,8 @@ class DaliLoader(LoaderBase):
     iteration, for the sampler's epoch and position; DALI's own epoch counter then follows ours. A
     `set_epoch`/`load_state_dict` that jumps elsewhere rebuilds it (a few seconds: the workers restart). A decoder
     error inside DALI loses the batch: it is counted, its planned files are named, and the pipeline is rebuilt
-    after it.
+    after it; any other error of the run (CUDA, NVDEC's library, memory, dead workers), or decoder failures on
+    MAX_LOST_IN_A_ROW batches in a row, stop the iteration as themselves.
     """
 
     kind = "dali"
@@ -172,6 +202,7 @@ class DaliLoader(LoaderBase):
         self.masks, self.twin_suffix, self.graph_kwargs = masks, twin_suffix, graph_kwargs
         self._pipe: Any = None
         self._pipe_at: tuple[int, int] | None = None  # (epoch, position) the pipeline delivers next
+        self._lost_in_a_row = 0
 
     def _build(self) -> None:
         from dali_pipes.graph import build_pipeline
@@ -180,7 +211,9 @@ class DaliLoader(LoaderBase):
         self.close()
         s = self.sampler
         source = DaliClipSource(s, self.masks, epoch0=s.epoch, offset0=s.position, twin_suffix=self.twin_suffix)
-        dali_dtype = "float16" if self.dtype == torch.float16 else "float32"
+        # float16 out of DALI for a bfloat16 batch too (crop_mirror_normalize has no bfloat16): half the bytes,
+        # and the one cast in _batch is the batch's only copy
+        dali_dtype = "float32" if self.dtype == torch.float32 else "float16"
         self._pipe = build_pipeline(source, batch_size=self.batch_size, dtype=dali_dtype, **self.graph_kwargs)
         self._pipe.build()
         self._pipe_at = (s.epoch, s.position)
@@ -192,17 +225,13 @@ class DaliLoader(LoaderBase):
             self._pipe, self._pipe_at = None, None
 
     def _to_torch(self, tl: Any) -> torch.Tensor:
-        """DALI batch -> torch tensor: GPU outputs are copied device-to-device, CPU ones via numpy (a copy:
-        DALI reuses its buffers on the next run)."""
-        t = tl.as_tensor()
-        if type(t).__name__ == "TensorGPU":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
+        """DALI batch -> torch tensor on the same memory (DLPack), no copy, as DALI's own PyTorch iterator does.
 
-            dtype = torch.float16 if self.dtype == torch.float16 else torch.float32
-            out = torch.empty(t.shape(), dtype=dtype, device=self.device)
-            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
-            return out
-        return torch.from_numpy(np.array(t))
+        Safe because the graph runs under DALI's dynamic executor: an output stays valid while referenced, DALI
+        does not reuse it. A GPU output is handed over on torch's current stream (DALI makes it wait for the
+        pipeline's work).
+        """
+        return torch.from_dlpack(tl.as_tensor())
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self._begin_epoch()
@@ -214,9 +243,14 @@ class DaliLoader(LoaderBase):
                 video, mask, meta, idx, secs, dec = self._pipe.run()
             except StopIteration:
                 break
-            except RuntimeError as e:  # DALI's pipeline is unusable after this: count, name, rebuild past it
+            except RuntimeError as e:  # DALI's pipeline is unusable after any error
+                if not is_bad_video_error(e):
+                    e.add_note(f"dali_pipes: DALI failed on the batch at position {s.position} of epoch {s.epoch} "
+                               "(not a video decoding error: stopped, nothing counted as a bad video)")  # fmt: skip
+                    raise
                 self._lost_batch(e)
                 continue
+            self._lost_in_a_row = 0
             meta_np = np.array(meta.as_tensor())
             batch = self._batch(self._to_torch(video), np.array(mask.as_tensor()), meta_np,
                                 np.array(idx.as_tensor()), np.array(secs.as_tensor()),
@@ -236,13 +270,19 @@ class DaliLoader(LoaderBase):
             self._pipe_at = (s.epoch + 1, 0)
 
     def _lost_batch(self, error: Exception) -> None:
+        """Count and name the failed batch's files (which may stop the run), then rebuild past the batch."""
         s = self.sampler
         planned = s.epoch_indices(s.epoch)[s.position : s.position + self.batch_size]
         names = ", ".join(s.paths[i] for i in planned)
-        first = str(error).strip().splitlines()
-        reason = next((line for line in first if "frame" in line or "decod" in line.lower()), first[0] if first else "")
         self.stats["failed_batches"] += 1
+        self._lost_in_a_row += 1
         s.position += len(planned)
         self.close()
+        what = f"DALI decode failed for a batch of [{names}] ({dali_reason(error)})"
+        self._record_bad(len(planned), what)  # TooManyBadVideos before any worker is spawned again
+        if self._lost_in_a_row >= MAX_LOST_IN_A_ROW:
+            raise RuntimeError(
+                f"DALI's decoder failed on {self._lost_in_a_row} batches in a row, last: {what}. Every file of a "
+                "batch being unreadable is unlikely: check the decoder (codec, GPU, driver) on one of these files."
+            ) from error
         self._build()
-        self._record_bad(len(planned), f"DALI decode failed for a batch of [{names}] ({reason.strip()})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,21 +97,73 @@ def _files_on_disk(path: str, d: DataConfig, entries: list[VideoEntry]) -> tuple
     return path, twins, keep
 
 
-def _graph_kwargs(d: DataConfig, path: str, dev: torch.device) -> dict[str, Any]:
-    """Arguments of dali_pipes.graph.build_pipeline for `path` ("dali-gpu" decodes with NVDEC: "mixed")."""
+# The mixed (NVDEC) decoder's thread pool is the pipeline's num_threads. Each thread keeps one stream in flight and
+# spends most of its time waiting on NVDEC (DALI synchronizes the CUDA stream after every frame), so more threads
+# than an H100's 7 NVDEC engines keep them busy while using little CPU; the CPU-heavy per-sample work (reading,
+# probing, motion, masks) is in the py workers, which get the cores first.
+NVDEC_THREADS = (8, 12)
+SHM_MARGIN = 64 * 1024  # bytes per sample beside the encoded file: indices, crop box, mask, meta
+
+
+def dali_threads(path: str, workers: int, cores: int | None = None, override: int = 0) -> int:
+    """Pipeline threads for `path`: the NVDEC decoder's pool on "dali-gpu" (8-12: the cores the py workers leave,
+    at least 8), DALI's CPU decoder threads on "dali-cpu" (up to 4); `override` (data.dali_threads) wins."""
+    if override > 0:
+        return override
+    cores = cores or os.cpu_count() or 1
+    if path == "dali-gpu":
+        low, high = NVDEC_THREADS
+        return max(low, min(high, cores - workers))
+    return max(1, min(4, cores))
+
+
+def largest_file(paths: Sequence[str], sample: int = 2048) -> int:
+    """Bytes of the largest of up to `sample` files spread over `paths` (0 when none can be read): a size hint only,
+    DALI grows a worker's shared-memory slot when a larger file comes."""
+    step = max(1, len(paths) // sample)
+    sizes = []
+    for p in paths[::step]:
+        try:
+            sizes.append(os.path.getsize(p))
+        except OSError:
+            continue
+    return max(sizes, default=0)
+
+
+def _graph_kwargs(d: DataConfig, path: str, dev: torch.device, paths: Sequence[str] = ()) -> dict[str, Any]:
+    """Arguments of dali_pipes.graph.build_pipeline for `path` ("dali-gpu" decodes with NVDEC: "mixed").
+
+    `paths`: the files the decoder reads (the VP9 twins on "dali-cpu"), sized for the workers' shared-memory hint.
+    """
     import torch
 
     gpu = path == "dali-gpu"
+    workers = max(1, d.num_workers)
+    biggest = largest_file(paths)
     return {
         "input_size": d.input_size,
         "mean": list(d.mean),
         "std": list(d.std),
         "decode_device": "mixed" if gpu else "cpu",
         "device_id": (dev.index if dev.index is not None else torch.cuda.current_device()) if gpu else None,
-        "num_threads": max(1, min(4, os.cpu_count() or 1)),
-        "py_num_workers": max(1, d.num_workers),
+        "num_threads": dali_threads(path, workers, override=d.dali_threads),
+        # Unpinned: DALI would pin the decoder threads to the cores nearest the GPU, the same cores the py workers
+        # run on; a pinned thread cannot move off a core a worker keeps busy, and a container's cpuset may not even
+        # hold those cores. The threads mostly wait on NVDEC, so the scheduler can place them.
+        "affine": False,
+        "py_num_workers": workers,
+        "source_prefetch": 3,  # batches prepared ahead by the workers (DALI's default 1 lets one slow clip stall)
+        "bytes_per_sample": biggest + SHM_MARGIN if biggest else None,
         "seed": d.seed,
     }
+
+
+def output_dtype(d: DataConfig, dev: torch.device) -> str:
+    """data.output_dtype with "auto" resolved: float16 when batches land on a CUDA device (half the bytes of
+    float32; the model casts the visible patches it embeds, and bf16 autocast takes float16 input), else float32."""
+    if d.output_dtype != "auto":
+        return d.output_dtype
+    return "float16" if dev.type == "cuda" else "float32"
 
 
 def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = "cpu") -> LoaderBase:
@@ -159,11 +212,12 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
         batch_size=d.batch_size,
     )
     dev = torch.device(device)
-    common = {"device": dev, "output_dtype": d.output_dtype, "max_bad_fraction": d.max_bad_fraction}
+    common = {"device": dev, "output_dtype": output_dtype(d, dev), "max_bad_fraction": d.max_bad_fraction}
     if path == "cpu":
         from dali_pipes.cpu_loader import CpuLoader
 
         return CpuLoader(sampler, masks, input_size=d.input_size, mean=d.mean, std=d.std, num_workers=d.num_workers,
                          start_method=start_method, **common)  # fmt: skip
-    return DaliLoader(sampler, masks, kind=path, graph_kwargs=_graph_kwargs(d, path, dev), twin_suffix=twins,
+    decoded = [twin_path(e.path, twins) for e in entries]
+    return DaliLoader(sampler, masks, kind=path, graph_kwargs=_graph_kwargs(d, path, dev, decoded), twin_suffix=twins,
                       **common)  # fmt: skip

@@ -41,7 +41,8 @@ class DataConfig:
     loader: str = "auto"  # "dali" | "cpu" | "auto" (DALI when importable, else the PyAV fallback)
     dali_device: str = "auto"  # "gpu" (NVDEC, H.264) | "cpu" (VP8/VP9 twins) | "auto"
     twin_suffix: str = ".webm"  # DALI's CPU decoder reads VP9 copies with this suffix beside each video
-    output_dtype: str = "float32"  # "float32" | "float16" | "bfloat16"
+    output_dtype: str = "auto"  # "float32" | "float16" | "bfloat16" | "auto" (float16 on a CUDA device, else float32)
+    dali_threads: int = 0  # DALI's CPU threads, also the NVDEC decoder's thread pool; 0 = sized per path (factory)
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     max_bad_fraction: float = 0.01  # stop the run when more than this share of videos fail to decode
@@ -166,7 +167,7 @@ _CHOICES = {
     "data.short_video": ("loop", "clamp"),
     "data.loader": ("dali", "cpu", "auto"),
     "data.dali_device": ("gpu", "cpu", "auto"),
-    "data.output_dtype": ("float32", "float16", "bfloat16"),
+    "data.output_dtype": ("float32", "float16", "bfloat16", "auto"),
     "motion.source": ("cache", "online"),
     "mask.name": ("tube", "random", "mgm"),
     "mask.decoder_name": ("running_cell", "random", "mgm"),
@@ -185,6 +186,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.crop_scales": (1e-3, 1.0),
     "data.batch_size": (1, None),
     "data.num_workers": (0, None),
+    "data.dali_threads": (0, None),
     "data.std": (1e-6, None),
     "data.max_bad_fraction": (0.0, 1.0),
     "mask.decoder_target_ratio": (0.0, 1.0),

@@ -114,6 +114,25 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True), "torch.optim.AdamW(foreach=True)"
 
 
+def wrap_model(raw: nn.Module, *, ddp: bool, device: torch.device) -> nn.Module:
+    """The module the loop calls: `raw` itself, or DDP(raw) with a model.compile moved from `raw` onto the wrapper.
+
+    A model built with model.compile compiles itself in place, lazily (mgm.model). Under DDP the wrapper compiles
+    instead, PyTorch's order (torch.compile(DDP(model))): dynamo then meets the model inside DDP's forward and its
+    DDPOptimizer cuts the graph at DDP's gradient-bucket boundaries, so each bucket's all-reduce starts while the
+    backward of the rest still runs. A graph traced outside DDP (the module called before it was wrapped) would be
+    reused whole under DDP, all-reduce after the whole backward: nothing calls the model before this.
+    tests/test_compile_ddp.py counts the graphs.
+    """
+    if not ddp:
+        return raw
+    net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    if getattr(raw, "_compiled_call_impl", None) is not None:  # nn.Module.compile's slot: compiled in place
+        raw._compiled_call_impl = None
+        net.compile()
+    return net
+
+
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
@@ -194,9 +213,7 @@ def fit(
     say = log if dist.is_main else (lambda _msg: None)
 
     raw = model.to(device)
-    net = raw
-    if dist.world_size > 1:
-        net = nn.parallel.DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    net = wrap_model(raw, ddp=dist.world_size > 1, device=device)
     plan = plan_run(optim, train, batches_per_epoch=len(loader), batch_size=batch_size, world=dist.world_size)
     optimizer, opt_name = build_optimizer(
         raw, lr=plan.peak_lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), device=device

@@ -1,7 +1,8 @@
-"""The steps of profiling/gpu_check.py: each takes the parsed arguments and the scratch folder, returns rows.
+"""The steps of profiling/gpu_check.py: each takes the parsed arguments and the scratch folder and yields its rows
+as it measures them (gpu_check writes each to disk at once, so a step killed at its limit keeps what it measured).
 
 A row: {"step", "name", "item", "value", "unit", "status" ("ok" | "FAIL" | "ERROR" | "SKIP" | "info"), ...};
-rows that feed a goal carry "metric". Steps 1-4 run in their own process (gpu_check.run_child); heavy imports
+rows that feed a goal carry "metric". Every step runs in its own process (gpu_check.run_child); heavy imports
 (torch, DALI, transformers) happen inside the functions so that a missing package is a row, not a crash.
 """
 
@@ -11,16 +12,20 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
-NAMES = {0: "setup", 1: "decode", 2: "loader", 3: "step", 4: "train"}
+Rows = Iterator[Row]
+NAMES = {0: "setup", 1: "decode", 2: "loader", 3: "step", 4: "train", 5: "pytest"}
+ROOT = Path(__file__).resolve().parents[1]
 PSNR_PYAV_DB = 35.0  # NVDEC vs PyAV on the same H.264 stream (issue 9)
 PSNR_PYAV_SMOKE_DB = 30.0  # DALI CPU decodes the VP9 twin, PyAV the H.264 original: two lossy codecs
 PSNR_TRUTH_DB = 30.0  # vs the re-rendered synthetic frames, as tests/test_alignment.py
@@ -83,10 +88,10 @@ print(json.dumps(r))
 
 
 def env_rows(a: argparse.Namespace) -> list[Row]:
-    """What the machine has; probed in a separate process so that no CUDA/DALI state leaks into this one."""
+    """What the machine has; probed in a separate process so that no CUDA/DALI state leaks into the steps."""
     import importlib.util
 
-    p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60)
     if p.returncode != 0:
         return [row(0, "env probe", None, "", "ERROR", error=p.stderr.strip()[-500:])]
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -116,7 +121,13 @@ def _make_clip(job: tuple[str, str, int, bool]) -> None:
     make_clip(stem, kind, seed, size=(240, 320), num_frames=60, gop=16, bframes=0, vp9_twin=twin)
 
 
-def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
+def step_setup(a: argparse.Namespace, work: Path) -> Rows:
+    """Step 0: the machine (env_rows), then the data every later step reads (prepare_data)."""
+    yield from env_rows(a)
+    yield from prepare_data(a, work)
+
+
+def prepare_data(a: argparse.Namespace, work: Path) -> Rows:
     """Synthetic clips (320x240, 60 frames, GOP 16, no B-frames; H.264, plus VP9 twins for the smoke run), the
     lists small.csv (step 1), bench.csv (steps 2 and 4: the clips repeated so that one epoch outlasts a timed
     run, no epoch boundary inside it) and the motion cache."""
@@ -124,7 +135,7 @@ def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
     from mgm.prep.filelist import read_list, write_list
     from mgm.prep.synth import KINDS, make_dataset
 
-    p, rows, t0 = data_paths(a, work), [], time.perf_counter()
+    p, t0 = data_paths(a, work), time.perf_counter()
     vids = p["dir"] / "videos"
     jobs = [(str(vids / f"clip_{i:05d}"), KINDS[i % len(KINDS)], i, a.cpu_smoke) for i in range(a.clips)]
     jobs = [j for j in jobs if not Path(j[0]).with_suffix(".json").exists()]  # make_dataset's resume rule
@@ -132,9 +143,7 @@ def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
         with ProcessPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
             list(pool.map(_make_clip, jobs))
     entries = read_list(make_dataset(p["dir"], num=a.clips, seed=0, vp9_twin=a.cpu_smoke))
-    rows.append(
-        row(0, "synthetic clips", len(entries), "clips", "ok", made=len(jobs), seconds=time.perf_counter() - t0)
-    )
+    yield row(0, "synthetic clips", len(entries), "clips", "ok", made=len(jobs), seconds=time.perf_counter() - t0)
     write_list(p["small"], entries[: min(8, len(entries))])
     need = a.batch * (max(a.steps + TRAIN_WARMUP, a.batches + 1) + 2)
     write_list(p["bench"], entries * math.ceil(need / len(entries)))
@@ -143,12 +152,11 @@ def prepare_data(a: argparse.Namespace, work: Path) -> list[Row]:
     status = "FAIL" if s.get("failed") else "ok"
     detail = {k: v for k, v in s.items() if k != "failures"}
     cached = s.get("done", 0) + s.get("skipped", 0)
-    rows.append(row(0, "motion cache", cached, "clips", status, seconds=time.perf_counter() - t0, detail=detail))
-    return rows
+    yield row(0, "motion cache", cached, "clips", status, seconds=time.perf_counter() - t0, detail=detail)
 
 
 # ---- step 1: decode correctness and mask alignment --------------------------------------------------------------
-def step_decode(a: argparse.Namespace, work: Path) -> list[Row]:
+def step_decode(a: argparse.Namespace, work: Path) -> Rows:
     """DALI (mixed on H.264; CPU on VP9 twins for the smoke run) vs the PyAV fallback, same plan, 2 epochs."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     import numpy as np
@@ -189,7 +197,7 @@ def step_decode(a: argparse.Namespace, work: Path) -> list[Row]:
             if truth["kind"] != "static" and obj.any():  # static: tube fallback; object out of crop: nothing to find
                 coverage.append(float(x["mask"][i].cpu().numpy().reshape(obj.shape)[obj].mean()))
     need = PSNR_PYAV_SMOKE_DB if a.cpu_smoke else PSNR_PYAV_DB
-    return [
+    yield from [
         row(1, "decoder", dali.kind, "", "info", batches=len(got), clips=sum(len(x["index"]) for _, x, _ in got)),
         row(1, "PSNR DALI vs PyAV, min", min(vs_pyav), "dB", "ok" if min(vs_pyav) >= need else "FAIL",
             need=need, mean=float(np.mean(vs_pyav))),
@@ -204,7 +212,7 @@ def step_decode(a: argparse.Namespace, work: Path) -> list[Row]:
 
 
 # ---- step 2: loader throughput ----------------------------------------------------------------------------------
-def step_loader(a: argparse.Namespace, work: Path) -> list[Row]:
+def step_loader(a: argparse.Namespace, work: Path) -> Rows:
     """Clips/s of each loader over `a.batches` batches after the first, same list, batch and worker count."""
     import torch
 
@@ -243,31 +251,31 @@ def step_loader(a: argparse.Namespace, work: Path) -> list[Row]:
     dali_tube = f"dali-{dali_dev} (tube)"
     makers[dali_tube] = ours("dali", "tube", out_dev)
     makers[f"dali-{dali_dev} (mgm, {a.motion})"] = ours("dali", "mgm", out_dev)
-    rows, base = [], None
+    base, dali_row = None, None  # the baseline runs first: every later row carries its ratio to it
     for name, make in makers.items():
         gpu = _nvml() if name.startswith("dali-gpu") else None  # NVDEC busy share while this loader runs
         try:
             r = run_loader(name, make, a.batches, a.batch)
         except Exception as e:  # one loader failing (e.g. no NVDEC) leaves the others' numbers standing
             traceback.print_exc()
-            rows.append(row(2, name, None, "clips/s", "ERROR", error=f"{type(e).__name__}: {e}"[:500]))
+            yield row(2, name, None, "clips/s", "ERROR", error=f"{type(e).__name__}: {e}"[:500])
             continue
         finally:
             util = gpu.take() if gpu else {}
             if gpu:
                 gpu.close()
-        extra = {"cpu_ms_per_clip": r["cpu_ms_per_clip"], "startup_s": r["startup_s"], **util}
-        rows.append(row(2, name, r["clips_per_s"], "clips/s", "ok", **extra))
         base = r["clips_per_s"] if name.startswith("videomae") else base
+        x_base = r["clips_per_s"] / base if base else float("nan")
+        got = row(2, name, r["clips_per_s"], "clips/s", "ok", x_baseline=x_base, cpu_ms_per_clip=r["cpu_ms_per_clip"],
+                  startup_s=r["startup_s"], **util)  # fmt: skip
+        dali_row = got if name == dali_tube else dali_row
         print(f"[gpu_check] {name}: {r['clips_per_s']:.1f} clips/s {util}", flush=True)
-    for r in rows:
-        r["x_baseline"] = r["value"] / base if base and r["value"] else float("nan")
-    first = next(r for r in rows if r["item"] == dali_tube)
-    rows.append(row(2, f"{dali_tube} / videomae baseline", first["x_baseline"], "x", "info",
-                    metric="loader_x_baseline"))  # fmt: skip
-    if "dec_util" in first:
-        rows.append(row(2, f"NVDEC utilization ({dali_tube})", first["dec_util"], "%", "info"))
-    return rows
+        yield got
+    if dali_row is not None:
+        ratio = dali_row["x_baseline"]
+        yield row(2, f"{dali_tube} / videomae baseline", ratio, "x", "info", metric="loader_x_baseline")
+        if "dec_util" in dali_row:
+            yield row(2, f"NVDEC utilization ({dali_tube})", dali_row["dec_util"], "%", "info")
 
 
 def _nvml() -> Any:
@@ -311,8 +319,9 @@ class _TorchcodecClips:
 
 
 # ---- step 3: training-step throughput ---------------------------------------------------------------------------
-def step_step(a: argparse.Namespace, work: Path) -> list[Row]:
-    """profiling/bench_step.py: ours vs HF on the same weights, input, tube mask, fused AdamW and bf16."""
+def step_step(a: argparse.Namespace, work: Path) -> Rows:
+    """profiling/bench_step.py: ours vs HF on the same weights, input, tube mask, fused AdamW and bf16; eager first
+    (kept if compiling fails or runs out of time), then ours compiled (the training default on CUDA)."""
     import torch
 
     from profiling import bench_step
@@ -321,23 +330,23 @@ def step_step(a: argparse.Namespace, work: Path) -> list[Row]:
     if dev == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available (use --cpu-smoke on a machine without a GPU)")
     size = SMOKE_SIZE if a.cpu_smoke else 224
-    res = bench_step.main(["--size", a.model, "--batch", str(a.batch), "--frames", "16", "--input-size", str(size),
-                           "--ratio", "0.9", "--precision", "bf16", "--rounds", str(a.rounds), "--steps", "2",
-                           "--warmup", "1" if a.cpu_smoke else "2", "--device", dev])  # fmt: skip
-    rows = []
-    for r in res["rows"]:
-        finite = math.isfinite(r["first_loss"])
-        rows.append(row(3, f"{r['model']} ({r['size']}, bf16, batch {r['batch']})", r["clips_per_s"], "clips/s",
-                        "ok" if finite else "FAIL", ms_per_step=r["ms_per_step"], first_loss=r["first_loss"],
-                        paired_speedup=r["paired_speedup"]))  # fmt: skip
-    ours = next(r for r in res["rows"] if r["model"] == "ours")
-    rows.append(row(3, "ours / HF (median step)", ours["speedup_vs_hf"], "x", "info", metric="step_x_hf",
-                    paired=ours["paired_speedup"]))  # fmt: skip
-    return rows
+    argv = ["--size", a.model, "--batch", str(a.batch), "--frames", "16", "--input-size", str(size), "--ratio", "0.9",
+            "--precision", "bf16", "--rounds", str(a.rounds), "--steps", "2", "--warmup", "1" if a.cpu_smoke else "2",
+            "--device", dev, *a.step_args.split()]  # fmt: skip
+    for compiled in (False, True) if a.compile else (False,):
+        res = bench_step.main(argv + (["--compile"] if compiled else []))
+        ours = next(r for r in res["rows"] if r["model"] == ("ours_compiled" if compiled else "ours"))
+        for r in [ours] if compiled else res["rows"]:
+            finite = math.isfinite(r["first_loss"])
+            yield row(3, f"{r['model']} ({r['size']}, bf16, batch {r['batch']})", r["clips_per_s"], "clips/s",
+                      "ok" if finite else "FAIL", ms_per_step=r["ms_per_step"], first_loss=r["first_loss"],
+                      paired_speedup=r["paired_speedup"])  # fmt: skip
+        yield row(3, f"ours{' compiled' if compiled else ''} / HF (median step)", ours["speedup_vs_hf"], "x", "info",
+                  metric="step_x_hf", paired=ours["paired_speedup"])  # fmt: skip
 
 
 # ---- step 4: training fed by the DALI loader --------------------------------------------------------------------
-def step_train(a: argparse.Namespace, work: Path) -> list[Row]:
+def step_train(a: argparse.Namespace, work: Path) -> Rows:
     """profiling/profile_train.py on configs/ssv2_vitb.yaml with the synthetic list: engine.fit + ProfileHook."""
     from profiling import profile_train
 
@@ -349,7 +358,7 @@ def step_train(a: argparse.Namespace, work: Path) -> list[Row]:
           f"data.batch_size={a.batch}", f"data.num_workers={a.workers}", f"data.input_size={size}",
           f"motion.source={a.motion}", f"motion.cache_dir={p['motion']}", f"model.size={a.model}",
           f"train.device={'cpu' if smoke else 'cuda'}", f"train.precision={'fp32' if smoke else 'bf16'}",
-          f"train.out_dir={out}", "profiling.trace_steps=[0,0]"]  # fmt: skip
+          f"train.out_dir={out}", "profiling.trace_steps=[0,0]", f"model.compile={str(a.compile).lower()}"]  # fmt: skip
     if smoke:  # the config's decoder is ViT-B's; 0 = the tiny size's own
         ov += ["model.decoder_depth=0", "model.decoder_dim=0", "model.decoder_heads=0"]
     warmup = min(TRAIN_WARMUP, max(a.steps - 2, 0))
@@ -359,14 +368,53 @@ def step_train(a: argparse.Namespace, work: Path) -> list[Row]:
     eng, stats = doc["meta"]["engine"], doc["meta"]["loader_stats"]
     ok = eng["steps"] == a.steps and math.isfinite(eng["last_loss"]) and not stats.get("bad_files")
     gpu = s.get("gpu") or {}
-    return [
+    yield from [
         row(4, f"steps ({stats.get('loader')}, {a.model}, batch {a.batch})", eng["steps"], "steps",
             "ok" if ok else "FAIL", last_loss=eng["last_loss"], bad_files=stats.get("bad_files"), warmup=warmup),
         row(4, "data wait share of wall", s["data_wait_share"], "share", "info", metric="data_wait_share",
             wait_over_step=s["data_wait_s"] / max(s["step_s"], 1e-12), verdict=s["verdict"]),
-        row(4, "training clips/s (steady state)", s["clips_per_s"], "clips/s", "info", step_ms=s["step_ms"]),
+        row(4, f"training clips/s (steady state, {a.model}{', compiled' if a.compile else ''})", s["clips_per_s"],
+            "clips/s", "info", step_ms=s["step_ms"], metric="pretrain_clips_per_s"),
         row(4, "GPU util / NVDEC util", f"{gpu.get('gpu_util', 'n/a')} / {gpu.get('dec_util', 'n/a')}", "%", "info"),
     ]  # fmt: skip
 
 
-STEPS = {1: ("decode", step_decode), 2: ("loader", step_loader), 3: ("step", step_step), 4: ("train", step_train)}
+# ---- step 5: the GPU tests -------------------------------------------------------------------------------------
+def step_pytest(a: argparse.Namespace, work: Path) -> Rows:
+    """`pytest -m gpu` in its own process group: a row per GPU test, then the count. On a GPU machine a skipped GPU
+    test is a failure (-rs says why: no CUDA, DALI not importable); in the smoke run skips are expected."""
+    import xml.etree.ElementTree as ET
+
+    xml = work / "pytest_gpu.xml"
+    xml.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={xml}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        log, _ = proc.communicate(timeout=max(a.limits[5] - 10, 5))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # pytest and the DALI workers its tests started
+        log = proc.communicate()[0] + "\n[gpu_check] pytest killed at the step's limit"
+    (Path(a.out) / "pytest_gpu.log").write_text(log)
+    counts = {"ok": 0, "FAIL": 0, "skipped": 0}
+    for case in ET.parse(xml).getroot().iter("testcase") if xml.is_file() else []:
+        name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
+        bad = case.find("failure") if case.find("failure") is not None else case.find("error")  # Elements are falsy
+        skip = case.find("skipped")
+        if bad is not None:
+            status, why = "FAIL", (bad.get("message") or "")[:300]
+        elif skip is not None:
+            status, why = ("info" if a.cpu_smoke else "FAIL"), "skipped: " + (skip.get("message") or "")[:200]
+        else:
+            status, why = "ok", ""
+        counts["skipped" if skip is not None else status] += 1
+        yield row(5, name, float(case.get("time", "nan")), "s", status, **({"error": why} if why else {}))
+    ran = counts["ok"] + counts["FAIL"]
+    good = proc.returncode == 0 and counts["FAIL"] == 0 and (a.cpu_smoke or (ran and not counts["skipped"]))
+    why = {} if good else {"error": " | ".join(log.strip().splitlines()[-3:])[-300:]}
+    yield row(5, "pytest -m gpu: passed", counts["ok"], "tests", "ok" if good else "FAIL", failed=counts["FAIL"],
+              skipped=counts["skipped"], exit_code=proc.returncode, **why)  # fmt: skip
+
+
+STEPS = {0: ("setup", step_setup), 1: ("decode", step_decode), 2: ("loader", step_loader), 3: ("step", step_step),
+         4: ("train", step_train), 5: ("pytest", step_pytest)}  # fmt: skip

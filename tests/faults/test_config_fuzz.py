@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 
-from mgm.config import Config, ConfigError, load_config
+pytest.importorskip("hypothesis")  # a dev extra, absent on the GPU machine: skip, don't break collection
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mgm.config import Config, ConfigError, load_config  # noqa: E402
 
 SECTIONS = {f.name: [g.name for g in dataclasses.fields(f.default_factory())] for f in dataclasses.fields(Config)}
 KEYS = [f"{s}.{k}" for s, keys in SECTIONS.items() for k in keys]
