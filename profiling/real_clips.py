@@ -30,7 +30,6 @@ import argparse
 import gzip
 import hashlib
 import io
-import lzma
 import os
 import shutil
 import subprocess
@@ -131,10 +130,9 @@ def _deb_members(deb: Path, members: set[str]) -> dict[str, bytes]:
                 continue
             if name.endswith(".zst"):
                 raise FetchError(f"{deb.name}: zstd-compressed data archive, not readable here")
-            body = io.BytesIO(f.read(size))
-            stream = lzma.open(body) if name.endswith(".xz") else gzip.open(body) if name.endswith(".gz") else body
+            compression = {".xz": "xz", ".gz": "gz", ".bz2": "bz2"}.get(Path(name).suffix, "")
             found = {}
-            with tarfile.open(fileobj=stream, mode="r|") as t:
+            with tarfile.open(fileobj=io.BytesIO(f.read(size)), mode=f"r|{compression}") as t:
                 for info in t:
                     if info.name in members and info.isfile():
                         found[info.name] = t.extractfile(info).read()
