@@ -250,6 +250,11 @@ def field_energy(
     rows, cols = -(-size[0] // cell), -(-size[1] // cell)
     energy = np.zeros((n, rows, cols), np.float32)
     past, fut = distances
+    if len(set(rec_frame)) < len(rec_frame):  # a frame listed twice (not expected): one list per frame
+        merged: dict[int, list[np.ndarray]] = {}
+        for r, f in zip(records, rec_frame, strict=True):
+            merged.setdefault(f, []).append(r)
+        records, rec_frame = [np.concatenate(v) for v in merged.values()], list(merged)
     i = 0
     while i < len(records):
         j, count = i, 0
