@@ -96,7 +96,8 @@ def _run(cmd: list[str], cwd: Path) -> None:
         raise FetchError(f"`{cmd[0]}` not found on PATH")
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        tail = [line for line in lines if line.startswith(("ERROR", "E:"))][-2:] or lines[-3:]
         raise FetchError(f"`{' '.join(cmd)}` failed (exit {r.returncode}): {' | '.join(tail)}")
 
 

@@ -50,22 +50,26 @@ def reference_energy(records, rec_frame, start, n, distances, has_b, camera, cel
 
 
 def reference_rasterize(fid, mv, mag, n, cell, size) -> np.ndarray:
-    """Every block split into squares of gcd(cell, 4) pixels, or whole cells when it is aligned and inside."""
+    """Every block split into pieces one by one: whole cells when it is aligned and inside, else squares of
+    gcd(cell, 4) pixels; pieces added in the order of the vectors (the reader's rasterizer before this module)."""
     h, w = size
     rows, cols = -(-h // cell), -(-w // cell)
-    sums = np.zeros(n * rows * cols)
-    unit = math.gcd(cell, 4)
-    for f, v, m in zip(fid.tolist(), mv, mag, strict=True):
-        if m <= 0:
-            continue
-        bw, bh = int(v["w"]), int(v["h"])
-        x0, y0 = int(v["dst_x"]) - bw // 2, int(v["dst_y"]) - bh // 2
-        aligned = x0 % cell == y0 % cell == bw % cell == bh % cell == 0 and x0 >= 0 and y0 >= 0
-        u = cell if aligned and x0 + bw <= w and y0 + bh <= h else unit
-        for py in range(y0 // u * u, y0 // u * u + max(bh // u, 1) * u, u):
-            for px in range(x0 // u * u, x0 // u * u + max(bw // u, 1) * u, u):
-                if 0 <= px < w and 0 <= py < h:
-                    sums[(f * rows + py // cell) * cols + px // cell] += m * (u * u)
+    keep = mag > 0
+    bw_px, bh_px = mv["w"][keep].astype(np.int64), mv["h"][keep].astype(np.int64)
+    x0, y0 = mv["dst_x"][keep] - bw_px // 2, mv["dst_y"][keep] - bh_px // 2
+    mag, fid = mag[keep], fid[keep]
+    on_grid = (x0 % cell == 0) & (y0 % cell == 0) & (bw_px % cell == 0) & (bh_px % cell == 0)
+    aligned = on_grid & (x0 >= 0) & (y0 >= 0) & (x0 + bw_px <= w) & (y0 + bh_px <= h)
+    u = np.where(aligned, cell, math.gcd(cell, 4))
+    bw, bh = np.maximum(bw_px // u, 1), np.maximum(bh_px // u, 1)
+    owner = np.repeat(np.arange(len(bw)), bw * bh)
+    k = np.arange(owner.size) - np.repeat(np.cumsum(bw * bh) - bw * bh, bw * bh)
+    uo = u[owner]
+    px = (x0 // u)[owner] * uo + (k % bw[owner]) * uo
+    py = (y0 // u)[owner] * uo + (k // bw[owner]) * uo
+    inside = (px >= 0) & (py >= 0) & (px < w) & (py < h)
+    flat = (fid[owner] * rows + py // cell) * cols + px // cell
+    sums = np.bincount(flat[inside], weights=(mag[owner] * (uo * uo))[inside], minlength=n * rows * cols)
     return (sums.reshape(n, rows, cols) / motion_field._cell_area(cell, h, w)).astype(np.float32)
 
 
