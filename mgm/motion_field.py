@@ -297,12 +297,16 @@ def _chunk_energy(
     else:  # whole-pixel areas: per-frame sums are exact, whichever way they are added up
         still_area = np.zeros(n)
         still_area[rec.frame - start] = np.add.reduceat(rec.area, rec.offsets)
-    still_area -= np.bincount(f, weights=area, minlength=n)
+    moving_area = np.bincount(f, weights=area, minlength=n)
+    still_area = np.maximum(still_area - moving_area, 0)
     exact = counts is None or bool(((counts & (counts - 1)) == 0).all())  # 1 / count exact for powers of 2
-    cam_x, cam_y = _camera_motion(f, vx, vy, area, np.maximum(still_area, 0), exact)
-    mag = np.hypot(vx - cam_x[f], vy - cam_y[f]) * share
-    cam = np.hypot(cam_x, cam_y)
-    if cam.any():  # with the camera moving, still blocks move against it
+    if exact and ((still_area > moving_area) | (moving_area == 0)).all():  # still blocks hold every middle: (0, 0)
+        mag, cam = np.hypot(vx, vy) * share, None
+    else:
+        cam_x, cam_y = _camera_motion(f, vx, vy, area, still_area, exact)
+        mag = np.hypot(vx - cam_x[f], vy - cam_y[f]) * share
+        cam = np.hypot(cam_x, cam_y)
+    if cam is not None and cam.any():  # with the camera moving, still blocks move against it
         moving_frames = np.flatnonzero(cam[rec.frame - start] > 0)  # indices into the per-frame record lists
         first, count = rec.offsets[moving_frames], rec.counts[moving_frames]
         idx = np.repeat(first - np.cumsum(count) + count, count) + np.arange(count.sum())

@@ -189,3 +189,16 @@ def test_camera_median_at_exact_halves() -> None:
     ref = _sorted_median(np.concatenate([group, np.arange(5)]), np.concatenate([vx, np.zeros(5)]),
                          np.concatenate([weight, still]), 5)  # fmt: skip
     np.testing.assert_array_equal(cam_x, ref)
+
+
+def test_half_still_frame_is_not_taken_for_a_still_camera() -> None:
+    # one frame, two 16x16 blocks: one moving left, one still. The moving one holds exactly half the area, so it
+    # is the weighted median (the camera's motion): it ends up still and the still block moves against it.
+    r = np.zeros(2, MV_DTYPE)
+    r["source"], r["w"], r["h"], r["motion_scale"] = -1, 16, 16, 4
+    r["dst_x"], r["dst_y"] = [8, 24], 8
+    r["motion_x"] = [-8, 0]
+    args = (0, 1, (np.ones(1, np.int64), np.ones(1, np.int64)), False, True, 8, (16, 32))
+    got = field_energy([r.view(np.uint8)], [0], *args)
+    np.testing.assert_array_equal(got, reference_energy([r.view(np.uint8)], [0], *args))
+    np.testing.assert_array_equal(got[0], [[0, 0, 2, 2], [0, 0, 2, 2]])
