@@ -161,7 +161,7 @@ def _sorted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, gro
 
 def _camera_motion(
     group: np.ndarray, vx: np.ndarray, vy: np.ndarray, weight: np.ndarray, still: np.ndarray, exact: bool
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-frame (cam_x, cam_y), each (n,): the weighted median (`_sorted_median`) of the moving vectors' (vx, vy)
     (group = their frame 0 .. n-1, weight = their area) and one (0, 0) vote per frame weighing `still` (n,),
     placed after all vectors.
@@ -169,10 +169,25 @@ def _camera_motion(
     exact: all weights are sums of binary fractions of pixels (whole or half blocks), so every partial sum is
     exact and the crossing of half a frame's weight can be placed from two sums, below 0 and at 0: a frame whose
     crossing lies among values that round to 0 has median 0 (when those are exactly 0, checked). Only the other
-    frames are sorted; without camera motion that is none.
+    frames are sorted; without camera motion that is none. Frames whose still blocks outweigh the moving ones
+    (most, with a still camera) are settled first: None when that is all of them.
     """
     n = len(still)
-    total = np.bincount(group, weights=weight, minlength=n) + still
+    moving = np.bincount(group, weights=weight, minlength=n)
+    if exact:
+        quiet = (still > moving) | (moving == 0)  # the (0, 0) vote holds the middle: median (0, 0)
+        if quiet.all():
+            return None
+        if quiet.any():  # the others alone, renumbered (vectors keep their order within a frame)
+            busy = np.flatnonzero(~quiet)
+            pick = np.flatnonzero(~quiet[group])
+            renumber = np.cumsum(~quiet) - 1
+            part = _camera_motion(renumber[group[pick]], vx[pick], vy[pick], weight[pick], still[busy], exact)
+            cam_x, cam_y = np.zeros(n), np.zeros(n)
+            if part is not None:
+                cam_x[busy], cam_y[busy] = part
+            return cam_x, cam_y
+    total = moving + still
     out = []
     for v in (vx, vy):
         if not exact:
@@ -201,25 +216,35 @@ def _block_counts(rec: VectorRecords) -> np.ndarray:
     is exported once per direction.
 
     FFmpeg exports a frame's macroblocks in raster order, all records of one macroblock together, so equal blocks
-    lie within one macroblock's run of records: each record is compared with its neighbours up to the longest run,
-    no sort. Records in another order (checked) are counted by sorting.
+    lie within one macroblock's run of records: each record is compared with the next one (a bi-predicted 16x16
+    block) and, inside runs of more than two records (partitioned macroblocks), with those up to the longest run's
+    length away; no sort. Records in another order (checked) are counted by sorting.
     """
     v = len(rec)
+    if v == 0:
+        return np.ones(0, np.int64)
     seg = np.repeat(np.arange(len(rec.counts)), rec.counts)  # which frame's record list (frames are distinct)
     dx, dy = rec.dst_x.astype(np.int64), rec.dst_y.astype(np.int64)
     mb = (seg << 32) | ((dy >> 4) + 2**15 << 16) | ((dx >> 4) + 2**15)  # the macroblock holding the block centre
     step = np.diff(mb)
     key = (rec.wh.astype(np.int64) << 32) | (dx + 2**15 << 16) | (dy + 2**15)
-    if (step < 0).any():
-        _, inv, counts = np.unique(key | (seg << 48), return_inverse=True, return_counts=True)
-        return counts[inv]
-    longest = int(np.diff(np.flatnonzero(step) + 1, prepend=0, append=v).max()) if v else 0
-    key |= (seg & 0x7FFF) << 48  # records closer than `longest` are less than 2**15 frames apart
+    if (step < 0).any() or seg[-1] >= 2**15:  # another order (or over 2**15 frames at once): count by sorting
+        _, inv, counts = np.unique(np.stack([seg, key], 1), axis=0, return_inverse=True, return_counts=True)
+        return counts[inv.reshape(-1)]
+    runs = np.diff(np.flatnonzero(step) + 1, prepend=0, append=v)  # records of each macroblock
+    key |= seg << 48
     counts = np.ones(v, np.int64)
-    for d in range(1, longest):
-        same = key[d:] == key[:-d]
-        counts[d:] += same
-        counts[:-d] += same
+    same = key[1:] == key[:-1]  # neighbours: a 16x16 bi-predicted block, the most common pair
+    counts[1:] += same
+    counts[:-1] += same
+    if len(runs) and runs.max() > 2:  # farther apart only inside longer runs (partitioned macroblocks)
+        inside = np.flatnonzero(np.repeat(runs > 2, runs))
+        k, c = key[inside], np.zeros(len(inside), np.int64)
+        for d in range(2, int(runs.max())):
+            same = k[d:] == k[:-d]  # equal keys are in one run: pairs across runs never match
+            c[d:] += same
+            c[:-d] += same
+        counts[inside] += c
     return counts
 
 
@@ -301,13 +326,13 @@ def _chunk_energy(
     else:  # whole-pixel areas: per-frame sums are exact, whichever way they are added up
         still_area = np.zeros(n)
         still_area[rec.frame - start] = np.add.reduceat(rec.area, rec.offsets)
-    moving_area = np.bincount(f, weights=area, minlength=n)
-    still_area = np.maximum(still_area - moving_area, 0)
+    still_area = np.maximum(still_area - np.bincount(f, weights=area, minlength=n), 0)
     exact = counts is None or bool(((counts & (counts - 1)) == 0).all())  # 1 / count exact for powers of 2
-    if exact and ((still_area > moving_area) | (moving_area == 0)).all():  # still blocks hold every middle: (0, 0)
+    cams = _camera_motion(f, vx, vy, area, still_area, exact)
+    if cams is None:  # a still camera in every frame
         mag, cam = np.hypot(vx, vy) * share, None
     else:
-        cam_x, cam_y = _camera_motion(f, vx, vy, area, still_area, exact)
+        cam_x, cam_y = cams
         mag = np.hypot(vx - cam_x[f], vy - cam_y[f]) * share
         cam = np.hypot(cam_x, cam_y)
     if cam is not None and cam.any():  # with the camera moving, still blocks move against it
