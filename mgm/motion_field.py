@@ -88,26 +88,37 @@ def _rasterize(
     if not keep.all():
         k = np.flatnonzero(keep)
         fid, dst_x, dst_y, bw_px, bh_px, mag = fid[k], dst_x[k], dst_y[k], bw_px[k], bh_px[k], mag[k]
-    fid, mag = fid.astype(np.int64), mag.astype(np.float64)
+    fid, mag = fid.astype(np.int64, copy=False), mag.astype(np.float64)
     bw_px, bh_px = bw_px.astype(np.int32), bh_px.astype(np.int32)
     x0, y0 = dst_x - (bw_px >> 1), dst_y - (bh_px >> 1)  # int32 top-left corners
     idx, wts = [], []
     pow2 = cell & (cell - 1) == 0
     if pow2:
-        # Blocks of whole cells inside the frame (nearly all): one index per cell, added block shape by block
-        # shape (a handful), no per-piece arithmetic. The others are split into `unit`-pixel squares (`_pieces`).
+        # Blocks of whole cells inside the frame (nearly all): one index per cell, laid out slot by slot so every
+        # numpy loop runs over all blocks at once. The others are split into `unit`-pixel squares (`_pieces`).
         s = cell.bit_length() - 1
         whole = (((x0 | y0 | bw_px | bh_px) & (cell - 1)) == 0) & (x0 >= 0) & (y0 >= 0)
         whole &= (x0 <= w - bw_px) & (y0 <= h - bh_px) & (bw_px <= 16 * cell) & (bh_px <= 16 * cell)
         a = np.flatnonzero(whole)
+        a = a if len(a) < len(whole) else slice(None)
         base = (fid[a] * rows + (y0[a] >> s)) * cols + (x0[a] >> s)
-        shape = ((bh_px[a] >> s) - 1) * 16 + (bw_px[a] >> s) - 1  # (cells high - 1, cells wide - 1), 4 bits each
-        codes = np.flatnonzero(np.bincount(shape))
-        for code in codes:
-            m = np.flatnonzero(shape == code) if len(codes) > 1 else slice(None)
-            offsets = (np.arange(code // 16 + 1)[:, None] * cols + np.arange(code % 16 + 1)).reshape(-1)
-            idx.append((base[m, None] + offsets).reshape(-1))
-            wts.append(np.repeat(mag[a[m]], len(offsets)))
+        wide, tall, m = bw_px[a] >> s, bh_px[a] >> s, mag[a]  # cells across / down
+        if len(base) and max(wide.max(), tall.max()) <= 2:  # 1 or 2 cells a side: four slots, unused ones weigh 0
+            idx.append((base + np.array([[0], [1], [cols], [cols + 1]])).reshape(-1))
+            slot = np.empty((4, len(m)))
+            slot[0] = m
+            np.multiply(m, wide > 1, out=slot[1])
+            np.multiply(m, tall > 1, out=slot[2])
+            np.multiply(slot[1], tall > 1, out=slot[3])
+            wts.append(slot.reshape(-1))  # (adding 0.0 leaves every sum as it is)
+        else:
+            shape = (tall - 1) * 16 + wide - 1  # (cells down - 1, cells across - 1), 4 bits each
+            codes = np.flatnonzero(np.bincount(shape))
+            for code in codes:  # a handful of block shapes
+                k = np.flatnonzero(shape == code) if len(codes) > 1 else slice(None)
+                offsets = (np.arange(code // 16 + 1)[:, None] * cols + np.arange(code % 16 + 1)).reshape(-1, 1)
+                idx.append((base[k] + offsets).reshape(-1))
+                wts.append(np.broadcast_to(m[k], (len(offsets), len(m[k]))).reshape(-1))
         r = np.flatnonzero(~whole)
     else:
         r = np.arange(len(mag))
@@ -117,8 +128,9 @@ def _rasterize(
         # power-of-2 cells: weights in cells (pixels / cell area, exact), so only partial border cells need dividing
         wts.append(mag[r[owner]] * (pixels / (cell * cell) if pow2 else pixels))
     flat, weights = (idx[0], wts[0]) if len(idx) == 1 else (np.concatenate(idx), np.concatenate(wts))
-    sums = np.bincount(flat, weights=weights, minlength=n_frames * rows * cols)
-    sums = sums.reshape(n_frames, rows, cols)
+    # (the unused slots of blocks on the last row point past the end: cut off)
+    sums = np.bincount(flat, weights=weights, minlength=n_frames * rows * cols + cols + 1)
+    sums = sums[: n_frames * rows * cols].reshape(n_frames, rows, cols)
     area = _cell_area(cell, h, w)
     if not pow2:
         return (sums / area).astype(np.float32)
