@@ -74,17 +74,19 @@ def _rasterize(
     n_frames: int,
     cell: int,
     size: tuple[int, int],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum each vector's magnitude over its block onto (n_frames, rows, cols) float32 cells, as a per-pixel mean.
 
     All (V,): fid = output row of each vector; dst_x, dst_y = block centre (FFmpeg's convention); bw_px, bh_px =
-    block size in pixels; mag = magnitude (zeros add nothing). size = (H, W) of the frame.
+    block size in pixels; mag = magnitude (zeros add nothing). size = (H, W) of the frame. out: a float32 array
+    of that shape to write the cells into (returned), else a new one.
     """
     h, w = size
     rows, cols = -(-h // cell), -(-w // cell)
     keep = mag > 0  # zero vectors add nothing: most of a still background
     if not keep.any():
-        return np.zeros((n_frames, rows, cols), np.float32)
+        return np.zeros((n_frames, rows, cols), np.float32) if out is None else out
     if not keep.all():
         k = np.flatnonzero(keep)
         fid, dst_x, dst_y, bw_px, bh_px, mag = fid[k], dst_x[k], dst_y[k], bw_px[k], bh_px[k], mag[k]
@@ -133,11 +135,14 @@ def _rasterize(
     sums = sums[: n_frames * rows * cols].reshape(n_frames, rows, cols)
     area = _cell_area(cell, h, w)
     if not pow2:
-        return (sums / area).astype(np.float32)
-    rr, cc = np.nonzero(area < cell * cell)  # partial cells on the bottom / right border
-    if len(rr):
+        sums = sums / area
+    else:
+        rr, cc = np.nonzero(area < cell * cell)  # partial cells on the bottom / right border
         sums[:, rr, cc] = sums[:, rr, cc] * (cell * cell) / area[rr, cc]  # = pixel sums / area, as for the others
-    return sums.astype(np.float32)
+    if out is None:
+        return sums.astype(np.float32)
+    out[...] = sums  # rounded to float32 as astype does
+    return out
 
 
 def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
@@ -296,7 +301,7 @@ def field_energy(
         for r, f in zip(records, rec_frame, strict=True):
             merged.setdefault(f, []).append(r)
         records, rec_frame = [np.concatenate(v) for v in merged.values()], list(merged)
-    i = 0
+    i = done = 0  # frames below `done` hold an earlier chunk's energy
     while i < len(records):
         j, count = i, 0
         while j < len(records) and (count < _CHUNK or j == i):
@@ -304,9 +309,12 @@ def field_energy(
             j += 1
         rec = VectorRecords(records[i:j], rec_frame[i:j])
         lo, hi = int(rec.frame.min()) - start, int(rec.frame.max()) + 1 - start
-        part = _chunk_energy(rec, lo + start, hi - lo, (past[lo:hi], fut[lo:hi]), has_b, camera, cell, size)
-        energy[lo:hi] += part  # frames of other chunks are 0 here (each frame's records are in one chunk)
-        i = j
+        args = (rec, lo + start, hi - lo, (past[lo:hi], fut[lo:hi]), has_b, camera, cell, size)
+        if lo >= done:  # frames in order (the rule): written in place
+            _chunk_energy(*args, out=energy[lo:hi])
+        else:  # frames listed out of order: a frame's records are in one chunk, the others give it 0
+            energy[lo:hi] += _chunk_energy(*args)
+        done, i = max(done, hi), j
     return energy
 
 
@@ -319,8 +327,9 @@ def _chunk_energy(
     camera: bool,
     cell: int,
     size: tuple[int, int],
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`field_energy` of the frames of `rec` (start .. start + n - 1)."""
+    """`field_energy` of the frames of `rec` (start .. start + n - 1), written into `out` when given."""
     fid = np.repeat(rec.frame - start, rec.counts)  # (V,) relative frame of every record
     counts = _block_counts(rec) if has_b else None
     share_all = 1.0 / counts if counts is not None else None
@@ -330,7 +339,7 @@ def _chunk_energy(
     share = share_all[sel] if share_all is not None else 1.0
     if not camera:
         mag = (np.hypot(vx, vy) * share).astype(np.float32)
-        return _rasterize(f, rec.dst_x[sel], rec.dst_y[sel], rec.w[sel], rec.h[sel], mag, n, cell, size)
+        return _rasterize(f, rec.dst_x[sel], rec.dst_y[sel], rec.w[sel], rec.h[sel], mag, n, cell, size, out)
     # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top of it
     area = rec.area[sel] * share  # float64
     if share_all is not None:
@@ -355,4 +364,4 @@ def _chunk_energy(
         extra_mag = cam[fid[extra]] * (share_all[extra] if share_all is not None else 1.0)
         sel, mag, f = np.concatenate([sel, extra]), np.concatenate([mag, extra_mag]), np.concatenate([f, fid[extra]])
     mag = mag.astype(np.float32)
-    return _rasterize(f, rec.dst_x[sel], rec.dst_y[sel], rec.w[sel], rec.h[sel], mag, n, cell, size)
+    return _rasterize(f, rec.dst_x[sel], rec.dst_y[sel], rec.w[sel], rec.h[sel], mag, n, cell, size, out)
