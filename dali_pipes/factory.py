@@ -137,6 +137,8 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
         cell=m.cell,
         threads=m.threads,
         seed=d.seed,
+        decoder_name=k.decoder_name,
+        decoder_target_ratio=k.decoder_target_ratio,
     )
     path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, read_list(d.train_list))
     start_method = cpu_start_method() if path == "cpu" else "spawn"  # DALI's workers: see dali_pipes.graph

@@ -328,8 +328,10 @@ def _optimizer_step(
         # Gradients are all-reduced once, on the last micro-batch.
         sync = i == accum - 1 or not isinstance(net, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else net.no_sync():
+            # decoder masking (VideoMAE V2): the batch names the masked tokens to reconstruct; else all of them
+            dec = {"decoder_mask": b["decoder_mask"].to(device, non_blocking=True)} if "decoder_mask" in b else {}
             with hook.phase("forward"), amp:
-                loss, _ = net(b["video"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True))
+                loss, _ = net(b["video"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True), **dec)
             with hook.phase("backward"):
                 (loss / accum).backward()
         total += loss.detach().float()

@@ -158,9 +158,9 @@ def read_span(
     args = (path, start, stop, keep, threads, on_frame, num_frames)
     try:
         try:
-            span, total, end, pk = _read(*args, count=False)
+            span, total, end = _read(*args, count=False)
         except FrameOrderError:  # the timestamps contradict the output order: count frames from the start
-            span, total, end, pk = _read(*args, count=True)
+            span, total, end = _read(*args, count=True)
     except VideoError as e:
         raise MotionReadError(path, e.frames_read, e.detail) from e
     return _build_field(span, start, end, cell, total, camera), span.rgb
@@ -175,14 +175,12 @@ def _read(
     on_frame: Callable[[int, np.ndarray], None] | None,
     num_frames: int | None,
     count: bool,
-) -> tuple[_Span, int, int, Packets]:
-    """One decode of a span (see read_span): (what it collected, frames in the file, end of the span, packets)."""
+) -> tuple[_Span, int, int]:
+    """One decode of a span (see read_span): (what it collected, frames in the file, end of the span)."""
     with open_video(path) as container:
         pk = demux(container, path, num_frames=num_frames, count=count)
+        pk.check_listed(num_frames)  # the file changed since its list was made
         have = pk.frames_hint
-        if num_frames is not None and have < num_frames:  # the file changed since its list was made
-            why = f"; {pk.error}" if pk.error else ""
-            raise MotionReadError(path, 0, f"the file holds {have} frames, its file list says {num_frames}{why}")
         if start >= (num_frames if num_frames is not None else have):
             why = f"; {pk.error}" if pk.error else ""
             raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {have} frames{why}")
@@ -212,7 +210,7 @@ def _read(
         )
     if stop is None and num_frames is not None and end != num_frames:
         raise MotionReadError(path, span.decoded, f"decoded {end} frames, its file list says {num_frames}")
-    return span, (total if total is not None else max(span.last + 1, end)), end, pk
+    return span, (total if total is not None else max(span.last + 1, end)), end
 
 
 @dataclass

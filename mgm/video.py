@@ -1,12 +1,12 @@
-"""The video layer: the one module that reads video with PyAV (open, probe, frame numbering, span decode, RGB,
-the motion-vector records FFmpeg exports).
+"""The video layer: with mgm.video_probe (whole-file probing for `lists` and `transcode`), the one place that reads
+video with PyAV: open, frame numbering, span decode, RGB, the motion-vector records FFmpeg exports.
 
 Frames of a file: the frames FFmpeg outputs when it decodes the file from its start, in output order; frame i is
-the i-th of them, counting from 0. `mgm-prepare lists` counts them once (`probe(decode=True)`, the list's
+the i-th of them, counting from 0. `mgm-prepare lists` counts them once (`mgm.video_probe.probe`, the list's
 `num_frames`) and every reader trusts that count. A header's or container's frame count is a hint, never a
 verdict: B-frame tails, edit lists (FFmpeg discards the frames before the edit's start), pts == dts muxes and AVI
-headers make it differ from the truth. Only a read or decode error, or data the container points to lying past
-the end of the file, makes a file `truncated` / `decode_error`.
+headers make it differ from the truth. Only a read or decode error (a packet cut off by the end of the file
+among them) makes a file `truncated` / `decode_error`.
 
 Frame order: the decoder's output order, which needs no timestamps. Timestamps only serve to start decoding at a
 key frame and still know which frame comes out: `frame_numbers` gives each packet (decode order) the rank of its
@@ -15,9 +15,11 @@ are sound. `Packets.frames` checks that as it decodes: a frame whose timestamp g
 B-frames, say) raises `FrameOrderError`, and the read starts again from the first packet, counting frames
 (`demux(count=True)`). Missing or repeated timestamps, or a packet count that differs from the list's frame count,
 mean counting from the start right away. The same index is then the same picture in every reader and in DALI's
-CPU decoder (which counts decoded frames after seeking to a key frame; tested on VFR, repeated timestamps and
-edit lists). DALI's GPU decoder matches each picture to its packet's timestamp instead, so a file whose
-timestamps do not follow output order (`VideoInfo.pts_order` False) is one `lists` tells you to transcode.
+CPU decoder, `decoders.video(frames=...)`: it sorts its packet index by timestamp, seeks to the key frame before a
+wanted frame and counts the frames the decoder outputs from there (tests/test_corpus.py: VP9 with repeated and
+uneven timestamps, one repeat on a key frame, and MJPEG, seeking forward and back). DALI's GPU decoder, as its
+source reads (frames_decoder_gpu.cc), matches each decoded picture to its packet's timestamp instead, so a file
+whose timestamps do not follow output order (`VideoInfo.pts_order` False) is one `lists` tells you to transcode.
 
 Errors are one type, `VideoError`, naming the file with a one-word `reason` (for rejects lists) and a `detail`;
 callers wrap it in their own (`MotionReadError`, the loaders' `BadVideoError`, `mgm-prepare`'s reject reasons).
@@ -28,8 +30,9 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import numpy as np
@@ -64,8 +67,8 @@ MV_DTYPE = np.dtype(
 
 class VideoError(RuntimeError):
     """A video cannot be read (fully). `path` names it; `reason` is one word for rejects lists (missing, empty,
-    unreadable, no_video_stream, no_frames, truncated, decode_error), `detail` says more, `frames_read` counts
-    the frames decoded before the error."""
+    unreadable, no_video_stream, no_frames, truncated, decode_error; changed: fewer frames than its file list
+    says), `detail` says more, `frames_read` counts the frames decoded before the error."""
 
     def __init__(self, path: str, reason: str, detail: str, frames_read: int = 0) -> None:
         super().__init__(f"{path}: {reason}: {detail}")
@@ -83,7 +86,7 @@ def open_video(
     stream parameters only come from decoding is opened again the ordinary way. Raises VideoError: missing,
     empty, unreadable, no_video_stream.
     """
-    in_memory, name = isinstance(source, bytes | bytearray), _name(source, name)
+    in_memory, name = isinstance(source, bytes | bytearray), source_name(source, name)
     for options in (_OPEN_OPTIONS, None):
         try:
             container = av.open(io.BytesIO(source) if in_memory else os.fspath(source), format=format, options=options)
@@ -100,164 +103,9 @@ def open_video(
     raise VideoError(name, "no_video_stream", "container has no video stream")
 
 
-def _name(source: str | os.PathLike | bytes, name: str | None) -> str:
+def source_name(source: str | os.PathLike | bytes, name: str | None) -> str:
+    """What messages call `source`: `name` if given, else its path, else "<bytes>"."""
     return name or ("<bytes>" if isinstance(source, bytes | bytearray) else os.fspath(source))
-
-
-# --------------------------------------------------------------------------------------------- missing data
-def _head(source: str | os.PathLike | bytes, n: int = 256) -> bytes:
-    """The first `n` bytes of a file (path or bytes); b"" when unreadable."""
-    if isinstance(source, bytes | bytearray):
-        return bytes(source[:n])
-    try:
-        with open(source, "rb") as f:
-            return f.read(n)
-    except OSError:
-        return b""
-
-
-def _vint(data: bytes, pos: int) -> tuple[int | None, int]:
-    """An EBML variable-length size at `pos`: (value or None when "unknown", its length in bytes)."""
-    if pos >= len(data) or data[pos] == 0:
-        return None, 1
-    length = 8 - data[pos].bit_length() + 1
-    value = data[pos] & (0xFF >> length)
-    for b in data[pos + 1 : pos + length]:
-        value = value << 8 | b
-    return (None if value == (1 << (7 * length)) - 1 else value), length
-
-
-def declared_end(container: av.container.InputContainer, head: bytes) -> int:
-    """Bytes the container's own structure says the file holds (0 when it does not say): where the last video
-    sample of an MP4/MOV index ends, the RIFF size of an AVI, the end of a Matroska/WebM Segment. `head`: the
-    file's first bytes. More than the file's size means data the container points to was cut off."""
-    fmt = container.format.name
-    if "mp4" in fmt or "mov" in fmt:
-        return max((e.pos + e.size for e in container.streams.video[0].index_entries), default=0)
-    if fmt == "avi" and head[:4] == b"RIFF" and len(head) >= 8:
-        return 8 + int.from_bytes(head[4:8], "little")
-    if "matroska" in fmt:  # EBML header element, then the Segment holding everything else
-        pos = 0
-        for element in (b"\x1a\x45\xdf\xa3", b"\x18\x53\x80\x67"):
-            if head[pos : pos + 4] != element:
-                return 0
-            size, length = _vint(head, pos + 4)
-            if size is None:  # unknown size (a live stream): nothing promised
-                return 0
-            pos += 4 + length + size
-        return pos
-    return 0
-
-
-def _read_of(n: int, promised: int | None) -> str:
-    return f"after {n} frames" + (f" (the header promises {promised})" if promised else "")
-
-
-# --------------------------------------------------------------------------------------------- probing
-@dataclass
-class VideoInfo:
-    """What `probe` found in a file's first video stream."""
-
-    codec: str  # FFmpeg's codec name (h264, hevc, vp9, av1, mpeg4, msmpeg4, mjpeg, cinepak, ...)
-    size: tuple[int, int]  # (H, W): of the last decoded frame when decoded, else from the headers (0 if unknown)
-    packets: int | None = None  # packets with data, counted without decoding (a hint of the frame count)
-    frames: int | None = None  # frames FFmpeg outputs, counted by decoding them all: THE frame count
-    promised: int | None = None  # frames the header promises (a hint; None when it says nothing)
-    key_frames: list[int] = field(default_factory=list)  # indices of the key frames (when decoded)
-    has_mvs: bool = False  # the first `mv_frames` inter frames carry motion vectors (when decoded)
-    pix_fmt: str = ""  # of the decoded frames (yuv420p, yuv420p10le, yuv422p, yuvj420p, ...)
-    rotation: int = 0  # display rotation in degrees the file asks for; frames are always read as stored
-    pts_order: bool = True  # (when decoded) every packet gives one frame, output in the order of its timestamp
-
-
-def probe(
-    source: str | os.PathLike | bytes,
-    *,
-    name: str | None = None,
-    decode: bool = False,
-    mv_frames: int = 0,
-    format: str | None = None,
-) -> VideoInfo:
-    """Frame size, codec and frame count of a file's first video stream; VideoError (naming it) if unusable.
-
-    decode=False only demuxes (~1 ms for a short clip) and counts packets; decode=True decodes every frame
-    (`decode_checked`: truncation and damage are errors) and counts the frames, the key frames, whether the first
-    `mv_frames` inter frames carry motion vectors (`has_vectors`: read from the data, whatever the codec) and
-    whether the timestamps follow output order.
-    """
-    name = _name(source, name)
-    with open_video(source, name=name, format=format) as container:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        info = VideoInfo(cc.codec.canonical_name, (cc.height, cc.width), promised=stream.frames or None)
-        if not decode:
-            try:
-                info.packets = sum(1 for p in container.demux(stream) if p.size)
-            except (av.FFmpegError, OSError) as e:
-                raise VideoError(name, "decode_error", str(e)) from None
-            return info
-        if mv_frames > 0:
-            cc.options = {"flags2": "+export_mvs"}
-        seen: list[tuple[int | None, bool]] = []
-        out_pts: list[int | None] = []
-        inter: list[av.VideoFrame] = []
-        n = 0
-        try:
-            for n, frame in enumerate(decode_checked(container, name, _head(source), seen), start=1):
-                if n == 1:
-                    info.pix_fmt, info.rotation = frame.format.name, int(frame.rotation or 0)
-                info.size = (frame.height, frame.width)
-                out_pts.append(frame.pts)
-                if frame.key_frame:
-                    info.key_frames.append(n - 1)
-                elif len(inter) < mv_frames:
-                    inter.append(frame)
-        except (av.FFmpegError, OSError) as e:  # anything else the container throws
-            raise VideoError(name, "decode_error", f"after {n} frames: {e}", n) from None
-        info.frames, info.has_mvs = n, has_vectors(inter)
-        kept = [p for p, discard in seen if not discard]
-        info.pts_order = (
-            len(kept) == len(seen) == n
-            and None not in out_pts
-            and all(a < b for a, b in zip(out_pts, out_pts[1:], strict=False))
-        )
-    return info
-
-
-def decode_checked(
-    container: av.container.InputContainer,
-    path: str,
-    head: bytes | None = None,
-    seen: list[tuple[int | None, bool]] | None = None,
-) -> Iterator[av.VideoFrame]:
-    """Every frame FFmpeg outputs from the first video stream, in output order. Raises VideoError: `truncated`
-    when data the container points to lies past the end of the file (a cut-off last packet, an index or a size
-    field reaching further), `decode_error` for other corrupt data, `no_frames` when nothing decodes. How many
-    frames the header promises does not matter. `head`: the file's first bytes (read from `path` if None);
-    `seen` collects (pts, discarded) of every packet."""
-    stream = container.streams.video[0]
-    promised, size = stream.frames or None, container.size
-    end = declared_end(container, _head(path) if head is None else head)
-    n, cut = 0, False
-    for packet in container.demux(stream):
-        cut = cut or packet.is_corrupt
-        if seen is not None and packet.size:
-            seen.append((packet.pts, packet.is_discard))
-        try:
-            frames = packet.decode()
-        except (av.FFmpegError, ValueError) as e:
-            at_end = packet.pos is not None and packet.pos + packet.size >= size
-            if cut or at_end or end > size:
-                raise VideoError(path, "truncated", f"data ends at byte {size}: {_read_of(n, promised)}", n) from None
-            raise VideoError(path, "decode_error", f"{_read_of(n, promised)}: {e}", n) from None
-        for frame in frames:
-            n += 1
-            yield frame
-    if n == 0:
-        raise VideoError(path, "no_frames", "no frame decodes")
-    if cut or end > size:
-        where = f"the container points to byte {end}" if end > size else "its last packet is cut off"
-        raise VideoError(path, "truncated", f"data ends at byte {size}, {where}: {_read_of(n, promised)}", n)
 
 
 # --------------------------------------------------------------------------------------------- frame numbering
@@ -290,11 +138,20 @@ class Packets:
     index: np.ndarray | None  # (P,) frame index of each packet (-1: its frame is discarded), or None: counted
     complete: bool  # demuxing reached the end of the file with no sign of missing data
     error: str = ""
+    counted_seeks: bool = False  # counted frames may start at clean key frames (see `_count_starts`)
 
-    @property
+    @functools.cached_property
     def frames_hint(self) -> int:
         """Packets whose frames FFmpeg outputs: the frame count when every packet decodes to one frame."""
         return sum(1 for p in self.packets if not p.is_discard)
+
+    def check_listed(self, num_frames: int | None) -> None:
+        """VideoError (`changed`) naming both counts when the file holds fewer frames than its file list says
+        (truncated or replaced since `mgm-prepare lists`): a packet gives at most one frame."""
+        if num_frames is not None and self.frames_hint < num_frames:
+            why = f" ({self.error})" if self.error else ""
+            detail = f"the file holds {self.frames_hint} frames, its file list says {num_frames}{why}"
+            raise VideoError(self.path, "changed", detail)
 
     @property
     def reordered(self) -> bool:
@@ -308,11 +165,28 @@ class Packets:
         """Position of frame i's packet (the packets must be numbered)."""
         return int(np.flatnonzero(self.index == i)[0])
 
+    @functools.cached_property
+    def _count_starts(self) -> dict[int, int]:
+        """{packet position: frame index} of the key frames a counted read may start at: clean random-access points
+        (`clean_key`) with every packet before them giving one frame, so the frames before one are the packets
+        before it that FFmpeg shows. Empty unless `counted_seeks` (a list count equal to those packets)."""
+        if not self.counted_seeks:
+            return {}
+        cc = self.stream.codec_context
+        starts, n = {}, 0
+        for j, p in enumerate(self.packets):
+            if j and p.is_keyframe and clean_key(p, cc.name, cc.extradata):
+                starts[j] = n
+            n += not p.is_discard
+        return starts
+
     def key_before(self, i: int) -> int:
         """Position of the key frame packet presented last at or before frame i: where decoding frame i starts
-        (0, the first packet, without numbered packets)."""
-        if self.index is None or i <= 0:
+        (0, the first packet, when frames are counted and no clean key frame comes before it)."""
+        if i <= 0:
             return 0
+        if self.index is None:
+            return max((j for j, n in self._count_starts.items() if n <= i), default=0)
         keys = [j for j, p in enumerate(self.packets) if p.is_keyframe and 0 <= self.index[j] <= i]
         return max(keys, key=lambda j: self.index[j]) if keys else 0
 
@@ -320,17 +194,27 @@ class Packets:
         """(index, frame) of every frame decoded from packet `first` (a key frame) on, in output order; frames
         presented before packet `first`'s (leading frames of an open GOP) are dropped. skip_keys: see
         `decode_packets` (a key frame comes as (index, None)). VideoError (decode_error) on corrupt data;
-        FrameOrderError when numbered packets turn out to contradict the output order."""
-        if self.index is None and first:
-            raise ValueError(f"{self.path}: without timestamps frames are counted from the first packet, not {first}")
+        FrameOrderError when numbered packets turn out to contradict the output order. A counted read whose key
+        frame does not come out first starts again from the first packet (before yielding anything)."""
+        if self.index is None and first and first not in self._count_starts:
+            raise ValueError(f"{self.path}: frames are counted from the first packet or a clean key frame, not {first}")
+        try:
+            yield from self._frames(first, skip_keys)
+        except _UncleanStart:
+            self.stream.codec_context.flush_buffers()
+            yield from self._frames(0, skip_keys)
+
+    def _frames(self, first: int, skip_keys: bool) -> Iterator[tuple[int, av.VideoFrame | None]]:
         numbers = None
         if self.index is not None:
             numbers = dict(zip([p.pts for p in self.packets], self.index.tolist(), strict=True))
         first_index = int(self.index[first]) if numbers is not None and first else 0
-        last, decoded = -1, 0
+        last, decoded = (self._count_starts.get(first, 0) if numbers is None else 0) - 1, 0
         try:
             for frame, key_pts in decode_packets(self.stream.codec_context, self.packets[first:], skip_keys):
                 if numbers is None:
+                    if first and not decoded and frame is not None and not frame.key_frame:
+                        raise _UncleanStart
                     i = last + 1
                 else:
                     pts = frame.pts if frame is not None else key_pts
@@ -350,15 +234,43 @@ class Packets:
             raise FrameOrderError(f"{self.path}: {decoded} frames from {self.frames_hint} numbered packets")
 
 
+class _UncleanStart(Exception):
+    """A counted read's first frame is not the key frame it started at (see Packets.frames)."""
+
+
+def clean_key(packet: av.Packet, codec: str, extradata: bytes | None) -> bool:
+    """Whether a key packet is a clean random-access point: its frame is shown first among those decoded from it
+    on, after every frame decoded before it (VP8/VP9 key frames, MJPEG, H.264 IDR pictures; not an open GOP's
+    I-frame, whose leading B-frames are shown before it). Lets a read without usable timestamps start there."""
+    if codec in ("vp8", "vp9", "mjpeg"):
+        return True
+    if codec != "h264":
+        return False
+    data = bytes(packet)
+    if extradata and extradata[0] == 1:  # avcC (MP4, MKV): NAL units prefixed by their length
+        size, pos = (extradata[4] & 3) + 1, 0
+        while pos + size < len(data):
+            n = int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+            if data[pos] & 0x1F in (1, 5):  # the first slice says it: 5 = IDR
+                return data[pos] & 0x1F == 5
+            pos += n
+        return False
+    for m in re.finditer(b"\x00\x00\x01", data):  # Annex B (raw streams, MPEG-TS): start codes
+        if m.end() < len(data) and data[m.end()] & 0x1F in (1, 5):
+            return data[m.end()] & 0x1F == 5
+    return False
+
+
 def demux(
     container: av.container.InputContainer, path: str, *, num_frames: int | None = None, count: bool = False
 ) -> Packets:
     """The packets of the first video stream, numbered (unless `count`, or the timestamps are missing or repeated,
-    or `num_frames` (the list's frame count) differs from the packets that give frames: then counted).
+    or `num_frames` (the list's frame count) differs from the packets that give frames: then counted, from the
+    first packet or, with a list count equal to those packets, from a clean key frame: `clean_key`).
 
     Damage ends demuxing but keeps what came before it (the frames read are worth reporting): `complete` is then
-    False and `error` says why. Without a frame count from a list, data the container points to past the end of
-    the file makes the read incomplete too (as `decode_checked` judges it)."""
+    False and `error` says why (a read error, or a last packet cut off: as `decode_checked` judges it)."""
     stream = container.streams.video[0]
     packets, error = [], ""
     try:
@@ -369,16 +281,13 @@ def demux(
         error = str(e)
     if not error and any(p.is_corrupt for p in packets):
         error = f"data ends at byte {container.size}, in the middle of a packet"
-    if not error and num_frames is None:
-        end = declared_end(container, _head(path))
-        error = (
-            f"data ends at byte {container.size}, the container points to byte {end}" if end > container.size else ""
-        )
     pk = Packets(path, stream, packets, None, not error, error)
     if not count:
         pk.index = frame_numbers([p.pts for p in packets], [p.is_discard for p in packets])
-        if num_frames is not None and pk.frames_hint != num_frames:
-            pk.index = None
+    if num_frames is not None and pk.frames_hint != num_frames:
+        pk.index = None
+    # counting from a key frame needs every packet before it to give one frame: the list's count says so
+    pk.counted_seeks = pk.index is None and num_frames == pk.frames_hint
     return pk
 
 
@@ -440,6 +349,7 @@ def _iter_frames(
         stream = container.streams.video[0]
         stream.thread_type, stream.thread_count = "SLICE", 1  # workers parallelize over clips: threads would fight
         pk = demux(container, os.fspath(path), num_frames=num_frames, count=count)
+        pk.check_listed(num_frames)
         for i, frame in pk.frames(pk.key_before(wanted[0])):
             if i in todo:
                 todo.discard(i)

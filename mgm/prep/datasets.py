@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgm import video
+from mgm import video, video_probe
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -210,9 +210,13 @@ def nvdec_problem(codec: str, pix_fmt: str) -> str:
     return ""
 
 
-def notes_for(info: video.VideoInfo) -> list[tuple[str, str]]:
-    """What `lists` notes about a usable file: (kind, detail) with kind header | timestamps | nvdec | rotation."""
+def notes_for(info: video_probe.VideoInfo) -> list[tuple[str, str]]:
+    """What `lists` notes about a usable file: (kind, detail) with kind cut | header | timestamps | nvdec |
+    rotation."""
     notes = []
+    if info.short_by:
+        cut = f"the container promises {info.short_by} bytes more than the file holds (an interrupted copy?), but "
+        notes.append(("cut", cut + f"every packet reads and decodes: kept with the {info.frames} frames there"))
     if info.promised and info.promised != info.frames:
         notes.append(("header", f"the header promises {info.promised} frames, {info.frames} decode (kept)"))
     if not info.pts_order:
@@ -228,11 +232,11 @@ def notes_for(info: video.VideoInfo) -> list[tuple[str, str]]:
 
 
 def probe(path: str, mv_frames: int = 3) -> ProbeResult:
-    """Decode `path` fully (`mgm.video.probe`): frame count (the frames FFmpeg outputs), codec, (H, W), whether
+    """Decode `path` fully (`mgm.video_probe.probe`): frame count (the frames FFmpeg outputs), codec, (H, W), whether
     the first `mv_frames` inter frames carry motion vectors, and the notes (`notes_for`). Never raises for a bad
     file: `ok` False and `reason` say why."""
     try:
-        info = video.probe(path, decode=True, mv_frames=mv_frames)
+        info = video_probe.probe(path, decode=True, mv_frames=mv_frames)
     except video.VideoError as e:
         return ProbeResult(path, False, e.reason, e.detail, num_frames=e.frames_read)
     return ProbeResult(path, True, num_frames=info.frames or 0, codec=info.codec, size=info.size, has_mvs=info.has_mvs,

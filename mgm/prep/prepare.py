@@ -96,10 +96,11 @@ def cmd_lists(a: argparse.Namespace) -> int:
             f"notes -> {notes}: header promised another frame count (kept with the frames that decode): "
             f"{n.get('header', 0)}"
             + (f" (e.g. {s['header_example']})" if s["header_example"] else "")
+            + f" | cut short, all that is there decodes: {n.get('cut', 0)}"
             + f" | timestamps not in output order: {n.get('timestamps', 0)}"
             f" | DALI's GPU decoder cannot decode: {n.get('nvdec', 0)}"
             f" | rotated (read as stored): {n.get('rotation', 0)}"
-            + (" | `mgm-prepare transcode` fixes all but rotation" if n.keys() - {"header", "rotation"} else "")
+            + (" | `mgm-prepare transcode` fixes timestamps and formats" if n.keys() & {"timestamps", "nvdec"} else "")
         )
     return 0 if s["ok"] else 1
 

@@ -33,7 +33,8 @@ import av
 from mgm.atomic import atomic_write
 from mgm.prep.datasets import parallel_map
 from mgm.prep.filelist import VideoEntry, read_list, write_list
-from mgm.video import VideoError, decode_checked, open_video, probe
+from mgm.video import VideoError, open_video
+from mgm.video_probe import decode_checked, probe
 
 TWIN = ".webm"  # suffix of the VP9 twins (data.twin_suffix's default)
 
@@ -107,7 +108,7 @@ def _made_by(src: str, dst: str, settings: EncodeSettings) -> int | None:
 
 
 def decoded_frames(path: str | Path, fmt: str | None = None) -> tuple[int, list[int]]:
-    """Decode `path` (`mgm.video.probe`): (number of frames, indices of key frames)."""
+    """Decode `path` (`mgm.video_probe.probe`): (number of frames, indices of key frames)."""
     info = probe(path, decode=True, format=fmt)
     return info.frames or 0, info.key_frames
 
