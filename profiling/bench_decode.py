@@ -90,7 +90,7 @@ def real_lists(names: list[str], folder: Path) -> dict[str, Path]:
     mgm-prepare transcode's default settings, into `folder`). Clips that cannot be had are reported, left out."""
     from mgm.prep.filelist import VideoEntry, write_list
     from mgm.prep.transcode import transcode_file
-    from mgm.video import probe
+    from mgm.video_probe import probe
     from profiling.real_clips import fetch
 
     paths, errors = fetch(names)

@@ -17,7 +17,7 @@ from dali_pipes import build_loader
 from mgm.config import load_config
 from mgm.motion import read_motion
 from mgm.prep.filelist import VideoEntry, write_list
-from mgm.video import probe
+from mgm.video_probe import probe
 from profiling.real_clips import CLIPS, fetch
 
 pytestmark = pytest.mark.slow
