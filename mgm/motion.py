@@ -13,23 +13,14 @@ outputs, counting from 0: DALI's numbering too); this module turns their vectors
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mgm.video import (
-    FrameOrderError,
-    Packets,
-    VectorRecords,
-    VideoError,
-    demux,
-    motion_vectors,
-    open_video,
-    to_rgb,
-)
+from mgm.motion_field import _fill_gaps, field_energy
+from mgm.video import FrameOrderError, Packets, VideoError, demux, motion_vectors, open_video, to_rgb
 
 # Settings that change pixels but not the parsed vectors (the bitstream syntax does not depend on pixels);
 # tests/test_motion.py checks that the vectors are identical with and without them. Frame threading is not
@@ -37,7 +28,6 @@ from mgm.video import (
 # only ever means slice threads.
 FAST_OPTIONS = {"skip_loop_filter": "all", "skip_idct": "all"}
 _PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType values
-_UNIT = 4  # rasterization step: the smallest H.264 block side
 
 
 class MotionReadError(RuntimeError):
@@ -135,70 +125,6 @@ def span_of(frame_indices: Sequence[int], num_frames: int) -> tuple[int, int]:
     if len(f) >= 2 and f[-1] > f[-2]:
         hi = max(hi, int(f[-1] + (f[-1] - f[-2])))
     return max(lo, 0), min(hi, num_frames)
-
-
-def _rasterize(
-    frame_ids: np.ndarray, mv: np.ndarray, mag: np.ndarray, n_frames: int, cell: int, size: tuple[int, int]
-) -> np.ndarray:
-    """Sum each vector's magnitude over its block onto (n_frames, rows, cols) cells, as a per-pixel mean.
-
-    frame_ids: (V,) row of each vector in the output; mv: (V,) FFmpeg AVMotionVector records (block geometry);
-    mag: (V,) float magnitude of each vector.
-    """
-    h, w = size
-    rows, cols = -(-h // cell), -(-w // cell)
-    keep = mag > 0  # zero vectors add nothing: most of a still background
-    bw_px, bh_px = mv["w"][keep].astype(np.int64), mv["h"][keep].astype(np.int64)
-    x0 = mv["dst_x"][keep].astype(np.int64) - bw_px // 2
-    y0 = mv["dst_y"][keep].astype(np.int64) - bh_px // 2
-    mag, fid = mag[keep], frame_ids[keep]
-    # Blocks aligned to the cell grid (most 16x16 / 8x8 ones) are split into whole cells, the others into
-    # squares of `unit` pixels (the smallest block side): far fewer pieces for the same sums.
-    unit = math.gcd(cell, _UNIT)
-    on_grid = (
-        ((x0 | y0 | bw_px | bh_px) % cell == 0)
-        if cell & (cell - 1) == 0
-        # OR: powers of 2 only
-        else ((x0 % cell == 0) & (y0 % cell == 0) & (bw_px % cell == 0) & (bh_px % cell == 0))
-    )
-    aligned = on_grid & (x0 >= 0) & (y0 >= 0) & (x0 + bw_px <= w) & (y0 + bh_px <= h)
-    u = np.where(aligned, cell, unit)
-    bw, bh = np.maximum(bw_px // u, 1), np.maximum(bh_px // u, 1)
-    n = bw * bh
-    owner = np.repeat(np.arange(len(n)), n)  # one entry per piece of every block
-    k = np.arange(owner.size) - np.repeat(np.cumsum(n) - n, n)
-    uo = u[owner]
-    px = (x0 // u)[owner] * uo + (k % bw[owner]) * uo  # piece's top-left corner in pixels
-    py = (y0 // u)[owner] * uo + (k // bw[owner]) * uo
-    inside = (px >= 0) & (py >= 0) & (px < w) & (py < h)
-    flat = (fid[owner] * rows + py // cell) * cols + px // cell
-    weights = (mag[owner] * (uo * uo))[inside]
-    sums = np.bincount(flat[inside], weights=weights, minlength=n_frames * rows * cols)
-    return (sums.reshape(n_frames, rows, cols) / _cell_area(cell, h, w)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=16)
-def _cell_area(cell: int, h: int, w: int) -> np.ndarray:
-    """(rows, cols) pixels of each cell inside the frame (border cells can be partial)."""
-    ys = np.minimum(np.arange(-(-h // cell)) * cell + cell, h) - np.arange(-(-h // cell)) * cell
-    xs = np.minimum(np.arange(-(-w // cell)) * cell + cell, w) - np.arange(-(-w // cell)) * cell
-    return (ys[:, None] * xs[None, :]).astype(np.float64)
-
-
-def _fill_gaps(energy: np.ndarray, has: np.ndarray) -> None:
-    """Frames without vectors (key frames) copy the next frame with vectors, else the previous one (in place).
-
-    Next-first keeps a span read starting at a key frame identical to the full read.
-    """
-    if has.all() or not has.any():
-        return
-    n = len(has)
-    idx = np.where(has, np.arange(n), n)
-    nxt = np.minimum.accumulate(idx[::-1])[::-1]
-    prv = np.maximum.accumulate(np.where(has, np.arange(n), -1))
-    src = np.where(nxt < n, nxt, prv)
-    gaps = ~has
-    energy[gaps] = energy[src[gaps]]
 
 
 def read_span(
@@ -352,82 +278,9 @@ def _decode(
     return s
 
 
-def _weighted_median(group: np.ndarray, value: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
-    """(groups,) weighted median of `value` within each group id (0 .. groups-1); 0 for empty groups."""
-    q = np.round(value * 64).astype(np.int64)  # 1/64 px is far finer than quarter-pel vectors / distances
-    order = np.argsort((group << 32) + q + 2**31, kind="stable")
-    cum = np.cumsum(weight[order])
-    total = np.bincount(group, weights=weight, minlength=groups)
-    before = np.cumsum(total) - total
-    pos = np.searchsorted(cum, before + total / 2)
-    out = value[order][np.minimum(pos, len(order) - 1)]
-    return np.where(total > 0, out, 0.0)
-
-
-_BLOCK_AREA = (np.arange(256)[None, :] * np.arange(256)[:, None]).reshape(-1)  # [w + 256 h] -> w * h, int64
-
-
-def _magnitudes(rec: VectorRecords, start: int, n: int, anchors: tuple, has_b: bool, camera: bool) -> tuple:
-    """Which vectors move and by how much: (indices into the records, float32 pixels per frame).
-
-    Only vectors that are non-zero (or, with a moving camera, all of the frame's) are touched one by one: a still
-    background is mostly zero vectors, counted per frame (their area) for the camera estimate.
-    """
-    base, prev_anchor, next_anchor = anchors
-    share_all = None
-    if has_b:  # a bi-predicted block is exported once per direction: count it once
-        mv_all, fid_all = rec.all()
-        key = (
-            (fid_all << 40)
-            | (mv_all["dst_x"].astype(np.int64) + 2**15 << 24)
-            | (mv_all["dst_y"].astype(np.int64) + 2**15 << 8)
-            | (mv_all["w"].astype(np.int64) // 4 << 4)
-            | mv_all["h"].astype(np.int64) // 4
-        )
-        _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-        share_all = 1.0 / counts[inv]
-    sel = np.flatnonzero(rec.motion_xy)
-    m, f = rec.take(sel), rec.frame_of(sel)
-    j = f - base
-    past = np.where(prev_anchor[j] > -(10**9), f - prev_anchor[j], 1)
-    fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - f, 1)
-    dist = np.maximum(np.where(m["source"] > 0, fut, past), 1)
-    # velocity in pixels per frame; vectors into the future point the other way
-    step = np.where(m["source"] > 0, -1.0, 1.0) / (dist * np.maximum(m["motion_scale"], 1))
-    vx, vy = m["motion_x"] * step, m["motion_y"] * step
-    share = share_all[sel] if share_all is not None else 1.0
-    mag = np.hypot(vx, vy) * share
-    if camera:  # the frame's dominant (area-weighted median) motion is the camera's: keep what moves on top
-        rel = f - start
-        area = m["w"].astype(np.float64) * m["h"]
-        if share_all is not None:
-            area_all = rec.rows[:, 4].astype(np.float64) * rec.rows[:, 5] * share_all
-            still_area = np.bincount(rec.all()[1] - start, weights=area_all, minlength=n)
-            area *= share
-        else:  # whole-pixel areas: per-frame sums are exact, whichever way they are added up
-            areas = _BLOCK_AREA[rec.wh]
-            still_area = np.zeros(n)
-            still_area[rec.frame - start] = np.add.reduceat(areas, rec.offsets) if len(areas) else 0
-        still_area -= np.bincount(rel, weights=area, minlength=n)
-        groups = np.concatenate([rel, np.arange(n)])  # every still block votes (0, 0), summed per frame
-        weights = np.concatenate([area, np.maximum(still_area, 0)])
-        cam_x = _weighted_median(groups, np.concatenate([vx, np.zeros(n)]), weights, n)
-        cam_y = _weighted_median(groups, np.concatenate([vy, np.zeros(n)]), weights, n)
-        mag = np.hypot(vx - cam_x[rel], vy - cam_y[rel]) * share
-        cam = np.hypot(cam_x, cam_y)
-        if cam.any():  # with the camera moving, still blocks move against it
-            _, fid_all = rec.all()
-            rel_all = fid_all - start
-            still = np.ones(len(rec), bool)
-            still[sel] = False
-            extra = np.flatnonzero(still & (cam[rel_all] > 0))
-            extra_mag = cam[rel_all[extra]] * (share_all[extra] if share_all is not None else 1.0)
-            sel, mag = np.concatenate([sel, extra]), np.concatenate([mag, extra_mag])
-    return sel, mag.astype(np.float32)
-
-
 def _build_field(span: _Span, start: int, end: int, cell: int, total: int, camera: bool) -> MotionField:
-    """Rasterize the collected vectors of frames [start, max(end, last]) and keep [start, end)."""
+    """Motion energy of the collected vectors of frames [start, max(end, last]) (see `motion_field`), kept for
+    [start, end)."""
     hi = max(end, span.last + 1)
     n = hi - start
     types = span.types
@@ -438,16 +291,16 @@ def _build_field(span: _Span, start: int, end: int, cell: int, total: int, camer
     prev_anchor = np.maximum.accumulate(np.concatenate([[-(10**9)], anchor_pos[:-1]]))
     nxt = np.where(is_anchor, frames, 10**9)[::-1]
     next_anchor = np.minimum.accumulate(np.concatenate([[10**9], nxt[:-1]]))[::-1]
-    base = int(frames[0])
+    j = np.arange(start, hi) - int(frames[0])  # frames start .. hi-1 in those arrays
+    past = np.where(prev_anchor[j] > -(10**9), np.arange(start, hi) - prev_anchor[j], 1)
+    fut = np.where(next_anchor[j] < 10**9, next_anchor[j] - np.arange(start, hi), 1)
     has_b = any(t == _PICT_B for t in types.values())
 
     has = np.zeros(n, bool)
     size = span.size
     if span.records:
-        rec = VectorRecords(span.records, span.rec_frame)
-        sel, mag = _magnitudes(rec, start, n, (base, prev_anchor, next_anchor), has_b, camera)
-        has[rec.frame - start] = True
-        energy = _rasterize(rec.frame_of(sel) - start, rec.take(sel), mag, n, cell, size)
+        has[np.asarray(span.rec_frame) - start] = True
+        energy = field_energy(span.records, span.rec_frame, start, n, (past, fut), has_b, camera, cell, size)
     else:
         energy = np.zeros((n, -(-size[0] // cell), -(-size[1] // cell)), np.float32)
     _fill_gaps(energy, has)

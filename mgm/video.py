@@ -394,7 +394,10 @@ def has_vectors(frames: Sequence[av.VideoFrame]) -> bool:
 
 
 class VectorRecords:
-    """Column views of concatenated AVMotionVector records (no per-field copies of the 40-byte structs)."""
+    """Column views of concatenated AVMotionVector records (no per-field copies of the 40-byte structs).
+
+    Every column is a (V,) strided view into `raw`; indexing one with selected vectors copies just that field.
+    """
 
     def __init__(self, records: list[np.ndarray], rec_frame: list[int]) -> None:
         self.raw = np.concatenate(records)  # (V * 40,) uint8
@@ -402,6 +405,11 @@ class VectorRecords:
         self.counts = np.asarray([len(r) for r in records], np.int64) // MV_DTYPE.itemsize  # vectors per frame
         self.offsets = np.cumsum(self.counts) - self.counts  # first vector of each frame
         self.frame = np.asarray(rec_frame, np.int64)  # absolute frame of each record (one per frame)
+        i2, i4 = self.raw.view("<i2").reshape(-1, 20), self.raw.view("<i4").reshape(-1, 10)
+        self.source, self.motion_x, self.motion_y = i4[:, 0], i4[:, 6], i4[:, 7]  # offsets 0, 24, 28
+        self.w, self.h = self.rows[:, 4], self.rows[:, 5]
+        self.dst_x, self.dst_y = i2[:, 5], i2[:, 6]  # offsets 10, 12
+        self.motion_scale = self.raw.view("<u2").reshape(-1, 20)[:, 16]  # offset 32
         # motion_x, motion_y (offsets 24, 28) read as one int64: non-zero iff the vector moves, in one pass
         self.motion_xy = self.raw.view("<i8").reshape(-1, 5)[:, 3]
         # w, h (offsets 4, 5) read as one uint16 code, w + 256 h: block area by table look-up, in one pass
@@ -409,6 +417,11 @@ class VectorRecords:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @functools.cached_property
+    def area(self) -> np.ndarray:
+        """(V,) int64 pixels of each vector's block."""
+        return _BLOCK_AREA[self.wh]
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """(K,) structured AVMotionVector records of vectors `idx`."""
@@ -421,3 +434,6 @@ class VectorRecords:
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         """Every vector as structured records, with its absolute frame."""
         return self.rows.view(MV_DTYPE).reshape(-1), np.repeat(self.frame, self.counts)
+
+
+_BLOCK_AREA = (np.arange(256)[None, :] * np.arange(256)[:, None]).reshape(-1)  # [w + 256 h] -> w * h, int64

@@ -10,15 +10,23 @@ at stride 2, multi-scale crop to 224, normalize, mask), same worker count and ba
               "reused swscale" row converts frames to RGB without PyAV's per-frame swscale set-up (as decord)
 - torchcodec: VideoDecoder.get_frames_at, decode only, no transforms (only when importable)
 
+Real clips (profiling/real_clips.py; camera and film clips from registry packages, fetched once into a cache) get
+the CPU fallback and VideoMAE-baseline rows too, as they are ("real raw": B-frames, long GOPs, MPEG-4 / MS-MPEG4
+AVIs) and after `mgm-prepare transcode` ("real transcoded"); each row's x_baseline compares it with the baseline
+on the same clips.
+
     python profiling/bench_decode.py [--clips 32 --batch 4 --batches 12 --workers 2 --rounds 3 --out FILE.json]
+                                     [--real bikes,box,cup,bigbuckbunny,megamind,vtest]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,6 +85,32 @@ def run_loader(name: str, make: Callable[[], Any], batches: int, batch_size: int
     return {"loader": name, "clips_per_s": clips / secs, "cpu_ms_per_clip": 1000 * cpu / clips, "startup_s": startup}
 
 
+def real_lists(names: list[str], folder: Path) -> dict[str, Path]:
+    """File lists of the real clips `names`: {"real raw": csv, "real transcoded": csv} (transcoded once, with
+    mgm-prepare transcode's default settings, into `folder`). Clips that cannot be had are reported, left out."""
+    from mgm.prep.filelist import VideoEntry, write_list
+    from mgm.prep.transcode import transcode_file
+    from mgm.video_probe import probe
+    from profiling.real_clips import fetch
+
+    paths, errors = fetch(names)
+    for name, why in errors.items():
+        print(f"real clip {name} skipped: {why}", file=sys.stderr)
+    raw, out = [], []
+    for i, (name, path) in enumerate(paths.items()):
+        raw.append(VideoEntry(str(path), i, probe(path, decode=True).frames or 0))
+        r = transcode_file(str(path), str(folder / "transcoded" / f"{name}.mp4"))
+        if r.ok:
+            out.append(VideoEntry(r.dst, i, r.num_frames))
+        else:
+            print(f"real clip {name}: transcode failed ({r.reason}: {r.detail})", file=sys.stderr)
+    lists = {"real raw": (raw, folder / "raw.csv"), "real transcoded": (out, folder / "transcoded.csv")}
+    # each clip listed several times over: a few real clips still fill batches, random clips of each
+    return {
+        label: write_list(csv, entries * -(-16 // len(entries))) for label, (entries, csv) in lists.items() if entries
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="/tmp/mgm_bench_decode", help="folder for the synthetic clips (made once)")
@@ -87,6 +121,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="each row runs this many times; the median is reported")
     ap.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
     ap.add_argument("--out", default="runs/bench_decode.json")
+    ap.add_argument("--real", default="bikes,box,cup,bigbuckbunny,megamind,vtest",
+                    help="real clips (profiling/real_clips.py names; '' for none)")  # fmt: skip
     args = ap.parse_args()
 
     import torch
@@ -101,7 +137,7 @@ def main() -> None:
     csv = make_dataset(args.data, num=args.clips, seed=0)
     entries = read_list(csv)
 
-    def ours(loader: str, mask: str) -> Callable[[], Any]:
+    def ours(loader: str, mask: str, csv: Path = csv) -> Callable[[], Any]:
         ov = [f"data.train_list={csv}", f"data.loader={loader}", "data.dali_device=cpu",
               f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", f"mask.name={mask}",
               "motion.source=online"]  # fmt: skip
@@ -143,6 +179,13 @@ def main() -> None:
         rows_to_run["torchcodec (H.264, decode only)"] = torchcodec_loader
     except Exception:  # not installed, or its FFmpeg libraries are missing
         pass
+    for label, real_csv in real_lists([n for n in args.real.split(",") if n], Path(args.data) / "real").items():
+        real = read_list(real_csv)
+        rows_to_run[f"cpu fallback ({label})"] = ours("cpu", "tube", real_csv)
+        rows_to_run[f"cpu fallback ({label}) +mgm"] = ours("cpu", "mgm", real_csv)
+        rows_to_run[f"videomae baseline ({label})"] = lambda real=real: baseline_loader(
+            [e.path for e in real], [e.num_frames for e in real], batch_size=args.batch, num_workers=args.workers
+        )  # fmt: skip
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     names = [n for n in rows_to_run if not only or any(o in n for o in only)]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
@@ -156,10 +199,16 @@ def main() -> None:
         rows.append({"loader": name, "clips_per_s": float(np.median(rates)), "min": rates[0], "max": rates[-1],
                      "cpu_ms_per_clip": cpu_ms, "clips_per_core_s": 1000 / cpu_ms,
                      "startup_s": float(np.median([r["startup_s"] for r in rs]))})  # fmt: skip
+
+    def data(name: str) -> str:  # which clips a row reads: the synthetic set or one of the real lists
+        return next((label for label in ("real raw", "real transcoded") if f"({label})" in name), "synthetic")
+
     base = next((r for r in rows if r["loader"].startswith("videomae")), None)
-    for r in rows:  # wall-clock ratio, and CPU-cost ratio (robust to other load on the machine)
-        r["x_baseline"] = r["clips_per_s"] / base["clips_per_s"] if base else float("nan")
-        r["x_baseline_cpu"] = base["cpu_ms_per_clip"] / r["cpu_ms_per_clip"] if base else float("nan")
+    for r in rows:  # wall-clock ratio, and CPU-cost ratio (robust to other load on the machine), same clips
+        same = [x for x in rows if data(x["loader"]) == data(r["loader"])]
+        b = next((x for x in same if x["loader"].startswith("videomae")), None)
+        r["x_baseline"] = r["clips_per_s"] / b["clips_per_s"] if b else float("nan")
+        r["x_baseline_cpu"] = b["cpu_ms_per_clip"] / r["cpu_ms_per_clip"] if b else float("nan")
     meta = {"clips": args.clips, "size": "320x240", "frames": 60, "gop": 16, "clip": "16 frames stride 2 -> 224",
             "batch": args.batch, "timed_batches": args.batches, "workers": args.workers, "rounds": args.rounds,
             "cores": len(os.sched_getaffinity(0))}  # fmt: skip

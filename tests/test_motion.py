@@ -251,7 +251,7 @@ def test_bad_files_raise_one_error_naming_file_and_frames(odd_clips: dict[str, P
 
 @pytest.mark.parametrize("cell", [4, 6, 8, 12, 16])
 def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
-    from mgm.motion import _rasterize
+    from mgm.motion_field import _rasterize
     from mgm.video import MV_DTYPE
 
     rng = np.random.default_rng(cell)
@@ -263,7 +263,7 @@ def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
     mv["dst_y"] = rng.integers(-2, 17, n) * 4 + mv["h"] // 2
     mag = rng.random(n).astype(np.float32)
     frames = rng.integers(0, 3, n)
-    got = _rasterize(frames, mv, mag, 3, cell, (h, w))
+    got = _rasterize(frames, mv["dst_x"], mv["dst_y"], mv["w"], mv["h"], mag, 3, cell, (h, w))
     pixels = np.zeros((3, h, w))
     for f, v, m in zip(frames, mv, mag, strict=True):
         x0, y0 = v["dst_x"] - v["w"] // 2, v["dst_y"] - v["h"] // 2
