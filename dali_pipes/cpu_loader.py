@@ -171,10 +171,10 @@ class ClipDataset(Dataset):
         t0 = time.perf_counter()
         try:
             motion = field if online else masks.read_motion(spec, listed)
-            mask = masks.make_pair(spec, epoch, motion)  # (mask, decoder mask or None)
+            pair = masks.make_pair(spec, epoch, motion)  # (mask, decoder mask or None)
         except Exception as e:
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
-        return frames, spec, mask, time.perf_counter() - t0
+        return frames, spec, pair, time.perf_counter() - t0
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Batch of `keys` (epoch, video_index): video (B, 3, T, S, S) uint8, mask (B, N) bool (True = masked),

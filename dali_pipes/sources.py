@@ -216,10 +216,10 @@ class DaliClipSource:
             check_frames(container, src, int(spec.frame_indices.max()) + 1, frames)
         t0 = time.perf_counter()
         try:
-            mask = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
+            pair = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
         except Exception as e:  # MotionReadError, codec errors on the original: all name the file below
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
-        return data, spec, mask, time.perf_counter() - t0
+        return data, spec, pair, time.perf_counter() - t0
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         epoch = self.epoch0 + info.epoch_idx
