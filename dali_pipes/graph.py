@@ -35,12 +35,14 @@ def build_pipeline(
     dtype: str = "float32",
     prefetch: int = 2,
     seed: int = 0,
+    rand_augment: tuple[int, int] | None = None,
 ) -> Any:
     """Build (not start) the pipeline. `source` is a picklable DaliClipSource; mean/std in [0, 1] pixel units.
 
     decode_device "mixed" needs `device_id`; "cpu" decodes VP8/VP9/MJPEG only. Outputs in OUTPUTS order:
     video (3, T, S, S) `dtype` (on the GPU for "mixed"), mask (N,) bool (True = masked), meta (4,) int64,
-    frame indices (T,) int32, mask seconds (1,) float32.
+    frame indices (T,) int32, mask seconds (1,) float32. rand_augment (n ops, magnitude bin of 31): fine-tuning's
+    DALI RandAugment after the resize, one draw per clip for all its frames (None = off).
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device={decode_device!r}: 'mixed' (GPU) or 'cpu'")
@@ -57,6 +59,7 @@ def build_pipeline(
         prefetch_queue_depth=prefetch,
         py_num_workers=py_num_workers,
         py_start_method="spawn",  # workers must not inherit a CUDA context
+        enable_conditionals=rand_augment is not None,  # auto_aug picks its ops with `if` on DataNodes
     )
     def clip_pipeline():  # noqa: ANN202 - DALI graph function
         enc, idx, roi_start, roi_end, mirror, mask, meta, secs = fn.external_source(
@@ -64,6 +67,11 @@ def build_pipeline(
         )
         video = fn.decoders.video(enc, device=decode_device, frames=idx, pad_mode="none")  # (T, H, W, 3) uint8
         video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=[input_size, input_size])
+        if rand_augment is not None:
+            from nvidia.dali.auto_aug import rand_augment as ra
+
+            n, m = rand_augment
+            video = ra.rand_augment(video, n=n, m=m, shape=[input_size, input_size], fill_value=128, seed=seed)
         video = fn.crop_mirror_normalize(
             video,
             mirror=mirror,
