@@ -75,6 +75,11 @@ class ModelConfig:
     drop_path: float = 0.0
     grad_checkpointing: bool = False
     compile: bool = False
+    # Fine-tuning (mgm.classifier): the head over the mean-pooled encoder, and the weights the encoder starts from.
+    num_classes: int = 0  # classifier head outputs; 0 = no head, the classifier returns pooled features
+    head_dropout: float = 0.0  # dropout before the head (VideoMAE's fc_drop_rate)
+    head_init_scale: float = 0.001  # the head's initial weights and bias are scaled by this (VideoMAE's init_scale)
+    init: str = ""  # checkpoint the classifier starts from: ours, a VideoMAE / V2 .pth, or a Hugging Face folder
 
 
 @dataclass
@@ -211,6 +216,9 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.decoder_dim": (0, None),
     "model.decoder_heads": (0, None),
     "model.drop_path": (0.0, 1.0),
+    "model.num_classes": (0, None),
+    "model.head_dropout": (0.0, 1.0),
+    "model.head_init_scale": (0.0, None),
     "optim.base_lr": (0.0, None),
     "optim.min_lr": (0.0, None),
     "optim.weight_decay": (0.0, None),

@@ -69,6 +69,17 @@ def model_size(model: ModelConfig) -> ModelSize:
     )
 
 
+def token_grid(model: ModelConfig, data: DataConfig) -> tuple[int, int, int]:
+    """(T2, Hp, Wp): tubelet slots x token rows x token cols of a num_frames x input_size^2 clip."""
+    tubelet, patch = model.tubelet, model.patch
+    if data.num_frames % tubelet or data.input_size % patch:
+        raise ValueError(
+            f"data.num_frames={data.num_frames} / data.input_size={data.input_size} not divisible by "
+            f"model.tubelet={tubelet} / model.patch={patch}"
+        )
+    return data.num_frames // tubelet, data.input_size // patch, data.input_size // patch
+
+
 def patchify(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
     """(B, C, T, H, W) -> (B, N, ts*p*p*C), tokens in (t, h, w) order, each vector laid out (ts, p, p, C)."""
     return rearrange(video, "b c (t ts) (h p) (w q) -> b (t h w) (ts p q c)", ts=tubelet, p=patch, q=patch)
@@ -139,13 +150,8 @@ class VideoMAEPretrain(nn.Module):
     def __init__(self, model: ModelConfig, data: DataConfig) -> None:
         super().__init__()
         tubelet, patch, s = model.tubelet, model.patch, model_size(model)
-        if data.num_frames % tubelet or data.input_size % patch:
-            raise ValueError(
-                f"data.num_frames={data.num_frames} / data.input_size={data.input_size} not divisible by "
-                f"model.tubelet={tubelet} / model.patch={patch}"
-            )
         self.tubelet, self.patch = tubelet, patch
-        self.grid = (data.num_frames // tubelet, data.input_size // patch, data.input_size // patch)
+        self.grid = token_grid(model, data)
         self.num_tokens = math.prod(self.grid)
         self.norm_pix_loss = model.norm_pix_loss
         self.grad_checkpointing = model.grad_checkpointing
