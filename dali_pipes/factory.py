@@ -131,7 +131,7 @@ def build_loader(
     """Loader for `cfg` (mgm.config.Config) on this rank: DALI GPU, DALI CPU (VP9 twins) or the CPU fallback.
 
     task "pretrain": data.train_list, random views, masks from mask.*. "finetune": data.train_list with every
-    label checked against finetune.num_classes, fine-tuning's random views (finetune.temporal / crop /
+    label checked against model.num_classes, fine-tuning's random views (finetune.temporal / crop /
     rand_augment), and a motion-blind tube mask the classifier ignores (no motion is read). "eval": an EvalLoader
     (dali_pipes.evaluation) over `list_path` (default finetune.val_list) in fixed `views` (default
     finetune.test_clips x test_crops): every video once over the ranks, no augmentation, and unreadable or missing
@@ -169,7 +169,7 @@ def build_loader(
         threads=m.threads,
         seed=d.seed,
     )
-    listed = read_list(list_path) if task == "pretrain" else read_labelled_list(list_path, ft.num_classes)
+    listed = read_list(list_path) if task == "pretrain" else read_labelled_list(list_path, cfg.model.num_classes)
     path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, listed)
     start_method = cpu_start_method() if path == "cpu" else "spawn"  # DALI's workers: see dali_pipes.graph
     if path != "cpu" or d.num_workers > 0:

@@ -128,7 +128,6 @@ class DistConfig:
 class FinetuneConfig:
     """Fine-tuning, evaluation and linear probe (finetune.py; VideoMAE's fine-tuning recipe). Pretraining ignores it."""
 
-    num_classes: int = 0  # head size; every label of the lists must lie in [0, num_classes)
     val_list: str = ""  # evaluation list (CSV path,label,num_frames), e.g. data/ssv2/val.csv
     temporal: str = "stride"  # clip frames: "stride" (data.stride apart; K400) | "segment" (one per T-th; SSv2)
     crop: str = "resized"  # training crop: "resized" (RandomResizedCrop) | "multiscale" (pretraining's)
@@ -234,7 +233,6 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every": (1, None),
     "profiling.trace_steps": (0, None),
     "profiling.interval": (1, None),
-    "finetune.num_classes": (0, None),
     "finetune.crop_area": (1e-3, 1.0),
     "finetune.crop_ratio": (1e-2, 1e2),
     "finetune.reprob": (0.0, 1.0),

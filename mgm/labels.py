@@ -13,7 +13,7 @@ from mgm.prep.filelist import FileListError, VideoEntry, read_list
 SHOWN = 5  # bad rows named in the message (all are counted)
 
 
-def read_labelled_list(csv_path: str | Path, num_classes: int, key: str = "finetune.num_classes") -> list[VideoEntry]:
+def read_labelled_list(csv_path: str | Path, num_classes: int, key: str = "model.num_classes") -> list[VideoEntry]:
     """The entries of a file list whose every label is an integer in [0, num_classes).
 
     Raises FileListError naming the file, the line of each bad row (the first few) and its value, with the count,
