@@ -259,6 +259,9 @@ class CpuLoader(LoaderBase):
             persistent_workers=num_workers > 0,  # keys carry the epoch, so workers never go stale
             multiprocessing_context=start_method if num_workers > 0 else None,
             prefetch_factor=2 if num_workers > 0 else None,
+            # its own generator: each iter() draws a worker base seed, which must not advance the global torch RNG
+            # (drop path, erasing): a resumed run creates one iterator more than an uninterrupted one
+            generator=torch.Generator(),
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

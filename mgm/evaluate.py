@@ -83,6 +83,7 @@ def view_means(
                 if counts[video] > views:
                     raise RuntimeError(f"sample {planned} (video {video}) arrived more than once ({views} views each)")
                 sums[video] = sums[video] + out[row] if video in sums else out[row].copy()
+    expected = [int(v) for v in expected]
     excluded |= {v for v in expected if counts.get(v, 0) != views}
     return ViewMeans({v: sums[v] / views for v in expected if v not in excluded}, excluded)
 
