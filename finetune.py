@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     weights = ""
     if args.eval_only:
         weights = str(newest_checkpoint(out_dir) if args.eval_only == "auto" else args.eval_only)
-    model = load_classifier(cfg, weights, say=say)
+    model = load_classifier(cfg, weights, say=say, strict=bool(args.eval_only))
     if not args.eval_only:
         loader = build_loader(cfg, rank=dist.rank, world_size=dist.world_size, device=str(device), task="finetune")
         hook = hook_from_config(cfg, out_dir if dist.is_main else None, str(device))

@@ -3,6 +3,8 @@
 Batch (a dict; B = batch size, T frames, S = input size, N = T/tubelet * (S/patch)^2 tokens):
     video          (B, 3, T, S, S) float32 | float16 | bfloat16, normalized, on `device`
     mask           (B, N) bool on `device`, True = masked (hidden from the encoder)
+    decoder_mask   (B, N) bool on `device`, True = reconstructed (a loss target), a subset of mask; only with decoder
+                   masking (mask.decoder_target_ratio > 0)
     label          (B,) int64 on `device`
     index          (B,) int64 (CPU): the video actually loaded (a replacement when the planned one was bad)
     frame_indices  (B, T) int32 (CPU): source frame numbers of the clip
@@ -31,20 +33,24 @@ LAYOUTS = ("BCTHW", "BTCHW")  # VideoMAE's and timm's (B, 3, T, H, W); Hugging F
 
 
 class _Tuples:
-    """`loader.as_tuples(layout)`: the same batches as (video, bool_masked_pos) in the layout a model expects."""
+    """`loader.as_tuples(layout, videomae_v2)`: the same batches as (video, bool_masked_pos) in the layout a model
+    expects, or (video, bool_masked_pos, decode_masked_pos) for VideoMAE V2's loop."""
 
-    def __init__(self, loader: LoaderBase, layout: str) -> None:
+    def __init__(self, loader: LoaderBase, layout: str, videomae_v2: bool = False) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: one of {', '.join(LAYOUTS)}")
-        self.loader, self.layout = loader, layout
+        self.loader, self.layout, self.videomae_v2 = loader, layout, videomae_v2
 
     def __len__(self) -> int:
         return len(self.loader)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         for batch in self.loader:
             video = batch["video"]  # (B, 3, T, H, W)
-            yield (video.transpose(1, 2) if self.layout == "BTCHW" else video), batch["mask"]
+            out = (video.transpose(1, 2) if self.layout == "BTCHW" else video), batch["mask"]
+            if self.videomae_v2:  # V2's decode_masked_pos: True = NOT reconstructed; ~mask without decoder masking
+                out += (~batch.get("decoder_mask", batch["mask"]),)
+            yield out
 
 
 class LoaderBase:
@@ -84,13 +90,17 @@ class LoaderBase:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sampler.load_state_dict(state["sampler"])
 
-    def as_tuples(self, layout: str = "BCTHW") -> _Tuples:
+    def as_tuples(self, layout: str = "BCTHW", *, videomae_v2: bool = False) -> _Tuples:
         """Iterable of (video, bool_masked_pos (B, N), True = masked), for VideoMAE-style loops.
 
         layout "BCTHW": video (B, 3, T, S, S), VideoMAE's format; "BTCHW": (B, T, 3, S, S), what Hugging Face's
         `VideoMAEForPreTraining(pixel_values=...)` takes (a view of the same memory, no copy).
+        videomae_v2: yield (video, bool_masked_pos, decode_masked_pos), VideoMAE V2's batch, whose third mask is
+        True where the decoder does NOT reconstruct (the inverse of batch["decoder_mask"]; ~bool_masked_pos without
+        decoder masking, as V2's own dataset does). A VideoMAE (V1) loop keeps the default 2-tuples, and trains
+        without decoder masking.
         """
-        return _Tuples(self, layout)
+        return _Tuples(self, layout, videomae_v2)
 
     def _begin_epoch(self) -> None:
         # Iterating again after an epoch ran out starts the next one, like calling set_epoch(epoch + 1).
@@ -123,9 +133,10 @@ class LoaderBase:
                 "Check the files (mgm-prepare probe) or raise data.max_bad_fraction."
             )
 
-    def _batch(self, video: torch.Tensor, mask: np.ndarray, meta: np.ndarray, idx: np.ndarray, secs: np.ndarray):
+    def _batch(self, video: torch.Tensor, mask: np.ndarray, meta: np.ndarray, idx: np.ndarray, secs: np.ndarray,
+               decoder_mask: np.ndarray | None = None):  # fmt: skip
         nb = self.device.type == "cuda"
-        return {
+        batch = {
             "video": video.to(self.device, self.dtype, non_blocking=nb),
             "mask": torch.from_numpy(mask).to(self.device, non_blocking=nb),
             "label": torch.from_numpy(meta[:, 1].copy()).to(self.device, non_blocking=nb),
@@ -133,6 +144,9 @@ class LoaderBase:
             "frame_indices": torch.from_numpy(idx),
             "mask_time": torch.from_numpy(secs.reshape(-1)),
         }
+        if decoder_mask is not None and decoder_mask.shape[-1]:  # DALI sends (B, 0) when decoder masking is off
+            batch["decoder_mask"] = torch.from_numpy(decoder_mask).to(self.device, non_blocking=nb)
+        return batch
 
 
 class DaliLoader(LoaderBase):
@@ -197,7 +211,7 @@ class DaliLoader(LoaderBase):
             self._build()
         while s.position < len(s):
             try:
-                video, mask, meta, idx, secs = self._pipe.run()
+                video, mask, meta, idx, secs, dec = self._pipe.run()
             except StopIteration:
                 break
             except RuntimeError as e:  # DALI's pipeline is unusable after this: count, name, rebuild past it
@@ -205,7 +219,8 @@ class DaliLoader(LoaderBase):
                 continue
             meta_np = np.array(meta.as_tensor())
             batch = self._batch(self._to_torch(video), np.array(mask.as_tensor()), meta_np,
-                                np.array(idx.as_tensor()), np.array(secs.as_tensor()))  # fmt: skip
+                                np.array(idx.as_tensor()), np.array(secs.as_tensor()),
+                                np.array(dec.as_tensor()))  # fmt: skip
             self._account(meta_np, batch["mask_time"].numpy())
             self._pipe_at = (s.epoch, s.position)
             yield batch

@@ -135,7 +135,7 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sampler.paths)
 
-    def _load(self, epoch: int, vi: int, attempt: int) -> tuple[dict[int, torch.Tensor], ClipSpec, np.ndarray, float]:
+    def _load(self, epoch: int, vi: int, attempt: int) -> tuple[dict[int, torch.Tensor], ClipSpec, tuple, float]:
         from mgm.motion import read_span, span_of
 
         s, masks = self.sampler, self.masks
@@ -156,10 +156,10 @@ class ClipDataset(Dataset):
                 start, stop = span_of(idx, listed)
                 start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
                 field, _ = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
-                                     keep=np.unique(idx).tolist(), on_frame=add)  # fmt: skip
+                                     keep=np.unique(idx).tolist(), on_frame=add, num_frames=listed)  # fmt: skip
             else:  # no motion needed here (cache or a motion-blind mask): a plain decode is cheaper
                 field = None
-                for i, frame in iter_frames(path, idx):
+                for i, frame in iter_frames(path, idx, num_frames=listed):
                     add(i, to_rgb(frame))
             frames = {i: f for r in resizers.values() for i, f in r.result().items()}
         except Exception as e:  # MotionReadError, VideoError, a vanished file: name it and move on
@@ -173,7 +173,7 @@ class ClipDataset(Dataset):
         t0 = time.perf_counter()
         try:
             motion = field if online else masks.read_motion(spec, listed)
-            mask = masks.make(spec, epoch, motion)
+            mask = masks.make_pair(spec, epoch, motion)  # (mask, decoder mask or None)
         except Exception as e:
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
         return frames, spec, mask, time.perf_counter() - t0
@@ -181,12 +181,12 @@ class ClipDataset(Dataset):
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Batch of `keys` (epoch, video_index): video (B, 3, T, S, S) uint8, mask (B, N) bool (True = masked),
         meta (B, 4) int64 [video, label, bad reads, first bad video or -1], frame_indices (B, T) int32,
-        mask_time (B,) float32."""
+        mask_time (B,) float32; with decoder masking also decoder_mask (B, N) bool (True = reconstructed)."""
         n, size = self.sampler.num_frames, self.input_size
         video = _new_batch((len(keys), 3, n, size, size))
-        masks, meta, indices, secs = [], [], [], []
+        masks, decs, meta, indices, secs = [], [], [], [], []
         for b, (epoch, vi) in enumerate(keys):
-            (frames, spec, mask, sec), bad, first_bad = with_replacement(
+            (frames, spec, (mask, dec), sec), bad, first_bad = with_replacement(
                 self.sampler, epoch, vi, lambda v, a, e=epoch: self._load(e, v, a)
             )
             for t, i in enumerate(spec.frame_indices.tolist()):
@@ -194,16 +194,20 @@ class ClipDataset(Dataset):
             if self.augment is not None:
                 video[b] = self.augment(video[b], spec.aug_seed)
             masks.append(mask)
+            decs.append(dec)
             meta.append([spec.video_index, spec.label, bad, first_bad])
             indices.append(spec.frame_indices.astype(np.int32))
             secs.append(sec)
-        return {
+        batch = {
             "video": video,
             "mask": torch.from_numpy(np.stack(masks)),
             "meta": torch.tensor(meta, dtype=torch.int64),
             "frame_indices": torch.from_numpy(np.stack(indices)),
             "mask_time": torch.tensor(secs, dtype=torch.float32),
         }
+        if decs[0] is not None:
+            batch["decoder_mask"] = torch.from_numpy(np.stack(decs))
+        return batch
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([key]).items()}
@@ -270,8 +274,9 @@ class CpuLoader(LoaderBase):
             meta = raw["meta"].numpy()
             self._account(meta, raw["mask_time"].numpy())
             video = normalize(raw["video"], self.mean, self.std, dtype=self.dtype, device=self.device)
+            dec = raw["decoder_mask"].numpy() if "decoder_mask" in raw else None
             yield self._batch(video, raw["mask"].numpy(), meta, raw["frame_indices"].numpy(),
-                              raw["mask_time"].numpy())  # fmt: skip
+                              raw["mask_time"].numpy(), dec)  # fmt: skip
 
     def close(self) -> None:
         """Stop the worker processes."""

@@ -157,7 +157,8 @@ def build_loader(
         views = views or EvalViews(ft.test_clips, ft.test_crops)
     list_path = list_path or (ft.val_list if task == "eval" else d.train_list)
     if task != "pretrain":  # the classifier needs no mask: a motion-blind one costs nothing and reads no motion
-        k, m = dataclasses.replace(k, name="tube", knobs={}), dataclasses.replace(m, source="online")
+        k = dataclasses.replace(k, name="tube", knobs={}, decoder_target_ratio=0.0)
+        m = dataclasses.replace(m, source="online")
     masks = MaskMaker(
         name=k.name,
         ratio=k.ratio,
@@ -168,6 +169,8 @@ def build_loader(
         cell=m.cell,
         threads=m.threads,
         seed=d.seed,
+        decoder_name=k.decoder_name,
+        decoder_target_ratio=k.decoder_target_ratio,
     )
     listed = read_list(list_path) if task == "pretrain" else read_labelled_list(list_path, cfg.model.num_classes)
     path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, listed)

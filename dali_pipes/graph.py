@@ -7,7 +7,7 @@ Graph (one sample; the batch is `batch_size` of these)::
     decoders.video(bytes, frames=indices, pad_mode="none")   # "mixed" = NVDEC on GPU, "cpu" = VP8/VP9/MJPEG
       -> resize(roi_start, roi_end, size=[S, S])              # exactly the sampler's crop box, every frame
       -> crop_mirror_normalize(mirror, mean, std, "CFHW")    # flip + normalize + layout + dtype
-    mask, meta, indices, mask seconds -> fn.copy              # outputs go through an operator, not the source
+    mask, meta, indices, mask seconds, decoder mask -> fn.copy  # outputs go through an operator, not the source
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from nvidia.dali import fn, pipeline_def, types
 
-OUTPUTS = ("video", "mask", "meta", "frame_indices", "mask_time")
+OUTPUTS = ("video", "mask", "meta", "frame_indices", "mask_time", "decoder_mask")
 _DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16}
 
 
@@ -41,8 +41,9 @@ def build_pipeline(
 
     decode_device "mixed" needs `device_id`; "cpu" decodes VP8/VP9/MJPEG only. Outputs in OUTPUTS order:
     video (3, T, S, S) `dtype` (on the GPU for "mixed"), mask (N,) bool (True = masked), meta (4,) int64,
-    frame indices (T,) int32, mask seconds (1,) float32. rand_augment (n ops, magnitude bin of 31): fine-tuning's
-    DALI RandAugment after the resize, one draw per clip for all its frames (None = off).
+    frame indices (T,) int32, mask seconds (1,) float32, decoder mask (N,) bool (True = reconstructed; (0,) when
+    decoder masking is off). rand_augment (n ops, magnitude bin of 31): fine-tuning's DALI RandAugment after the
+    resize, one draw per clip for all its frames (None = off).
     """
     if decode_device not in ("cpu", "mixed"):
         raise ValueError(f"decode_device={decode_device!r}: 'mixed' (GPU) or 'cpu'")
@@ -62,7 +63,7 @@ def build_pipeline(
         enable_conditionals=rand_augment is not None,  # auto_aug picks its ops with `if` on DataNodes
     )
     def clip_pipeline():  # noqa: ANN202 - DALI graph function
-        enc, idx, roi_start, roi_end, mirror, mask, meta, secs = fn.external_source(
+        enc, idx, roi_start, roi_end, mirror, mask, meta, secs, dec = fn.external_source(
             source=source, batch=False, parallel=True, num_outputs=source.NUM_OUTPUTS
         )
         video = fn.decoders.video(enc, device=decode_device, frames=idx, pad_mode="none")  # (T, H, W, 3) uint8
@@ -80,6 +81,6 @@ def build_pipeline(
             mean=[255.0 * m for m in mean],
             std=[255.0 * s for s in std],
         )  # (3, T, S, S)
-        return video, fn.copy(mask), fn.copy(meta), fn.copy(idx), fn.copy(secs)
+        return video, fn.copy(mask), fn.copy(meta), fn.copy(idx), fn.copy(secs), fn.copy(dec)
 
     return clip_pipeline()

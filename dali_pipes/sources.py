@@ -31,28 +31,40 @@ def twin_path(path: str, suffix: str | None) -> str:
     return str(Path(path).with_suffix(suffix)) if suffix else path
 
 
-def probe(data: bytes, name: str) -> tuple[int, int, int]:
-    """(H, W, packets) of the first video stream of an encoded file held in memory; BadVideoError if unusable.
+def open_checked(data: bytes, name: str) -> Any:
+    """The encoded file held in memory, opened (headers only: mgm.video.open_video); BadVideoError if unusable.
 
-    Counting packets only demuxes (no decoding, ~1 ms for a short clip) and catches truncated or broken
-    containers here, in the worker, where the file can be named and replaced, rather than inside DALI's
-    decoder, where an error ends the whole batch.
+    The file list already holds the frame count (`mgm-prepare lists` decoded every frame), so nothing here counts
+    frames; `check_frames` then demuxes only as far as the clip needs. Both catch broken or changed files here, in
+    the worker, where the file can be named and replaced, rather than inside DALI's decoder, where an error ends
+    the whole batch.
     """
-    from mgm.video import VideoError
-    from mgm.video import probe as probe_video
+    from mgm.video import VideoError, open_video
 
     try:
-        info = probe_video(data, name=name)
+        container = open_video(data, name=name)
     except VideoError as e:
         raise BadVideoError(str(e)) from None
     except Exception as e:  # av raises many error types for garbage input
         raise BadVideoError(f"{name}: cannot open as video ({type(e).__name__}: {e})") from None
-    (h, w), packets = info.size, info.packets or 0
-    if h <= 0 or w <= 0:
+    cc = container.streams.video[0].codec_context
+    if cc.height <= 0 or cc.width <= 0:
+        container.close()
         raise BadVideoError(f"{name}: video stream has no frame size")
-    if packets < 1:
-        raise BadVideoError(f"{name}: no video frames")
-    return h, w, packets
+    return container
+
+
+def check_frames(container: Any, name: str, needed: int, listed: int) -> None:
+    """BadVideoError naming the file and both counts when it ends before frame `needed` - 1 (truncated or
+    changed since its list said it has `listed` frames). Demuxes only up to the clip's last frame (+ a margin)."""
+    from mgm.video import frames_present
+
+    have = frames_present(container, needed)
+    if have < needed:
+        raise BadVideoError(
+            f"{name}: the file holds {have} frames, the clip needs frame {needed - 1} and the file list says "
+            f"{listed} (truncated or changed since `mgm-prepare lists`?)"
+        )
 
 
 def read_bytes(path: str) -> bytes:
@@ -73,6 +85,8 @@ class MaskMaker:
     clip's span). Masks that ignore motion ("tube", "random") skip reading it. The generator is built here, at
     start-up: a mistake in `knobs` raises mgm.config.ConfigError naming `mask.knobs.<key>` before any worker
     starts; the workers receive the built generator with this object.
+    decoder_target_ratio > 0 turns on decoder masking (mask.decoder_target_ratio): `make_pair` then also picks the
+    decoder's targets among the masked tokens with the `decoder_name` generator (mgm.masking.DecoderMasking).
     """
 
     name: str
@@ -84,17 +98,24 @@ class MaskMaker:
     cell: int = 8
     threads: int = 1
     seed: int = 0
+    decoder_name: str = "running_cell"
+    decoder_target_ratio: float = 0.0  # 0 = no decoder masking
     _gen: Any = field(init=False, default=None, repr=False)
+    _decoder: Any = field(init=False, default=None, repr=False)
     _cache: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from mgm.config import mask_generator
 
         self._gen = mask_generator(self.name, self.ratio, tuple(self.grid), self.knobs)
+        if self.decoder_target_ratio > 0:
+            from mgm.config import decoder_generator
+
+            self._decoder = decoder_generator(self.decoder_name, self.decoder_target_ratio, self._gen)
 
     @property
     def needs_motion(self) -> bool:
-        return self.name == "mgm"
+        return self.name == "mgm" or (self._decoder is not None and self.decoder_name == "mgm")
 
     def generator(self) -> Any:
         """The mask generator (mgm.masking): `gen(motion_map, rng) -> (N,) bool`, True = masked."""
@@ -115,15 +136,26 @@ class MaskMaker:
 
         # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
         start, stop = span_of(spec.frame_indices, num_frames)
-        return read_motion(spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop)
+        return read_motion(
+            spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop, num_frames=num_frames
+        )
 
     def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
         """Mask (T2*Hp*Wp,) bool, True = masked, for `spec` given its MotionField (or None)."""
+        return self.make_pair(spec, epoch, motion)[0]
+
+    def make_pair(self, spec: ClipSpec, epoch: int, motion: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """(mask, decoder_mask) for `spec` given its MotionField (or None): mask (N,) bool, True = masked;
+        decoder_mask (N,) bool, True = reconstructed, a subset of mask, or None without decoder masking."""
         rng = np.random.default_rng([self.seed, epoch, spec.video_index, 2])
         motion_map = None
         if motion is not None:
             motion_map = motion.clip_map(spec.frame_indices, crop=spec.crop, flip=spec.flip, grid=tuple(self.grid))
-        return np.asarray(self.generator()(motion_map, rng), dtype=bool)
+        mask = np.asarray(self.generator()(motion_map, rng), dtype=bool)
+        if self._decoder is None:
+            return mask, None
+        # a stream of its own: the encoder's masks are the same with decoder masking on or off
+        return mask, self._decoder(mask, motion_map, np.random.default_rng([self.seed, epoch, spec.video_index, 3]))
 
 
 def with_replacement(
@@ -153,12 +185,13 @@ class DaliClipSource:
 
     Outputs, in order: encoded bytes (n,) uint8, frame indices (T,) int32, ROI start [y, x] and end [y, x]
     float32 (the crop box in source pixels), mirror () int32, mask (N,) bool (True = masked), meta (4,) int64
-    [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32.
+    [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32, decoder mask (N,)
+    bool (True = reconstructed; (0,) without decoder masking: DALI's outputs are fixed when the graph is built).
     `epoch0`/`offset0` place DALI's own epoch counter: its epoch k is our epoch epoch0 + k, and its first
     epoch starts `offset0` samples in (a resumed run).
     """
 
-    NUM_OUTPUTS = 8
+    NUM_OUTPUTS = 9
 
     def __init__(
         self, sampler: ClipSampler, masks: MaskMaker, *, epoch0: int = 0, offset0: int = 0, twin_suffix: str | None
@@ -172,20 +205,18 @@ class DaliClipSource:
             self._order = (epoch, self.sampler.epoch_indices(epoch))
         return self._order[1]
 
-    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, np.ndarray, float]:
+    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, tuple, float]:
         path = self.sampler.paths[video_index]
         src = twin_path(path, self.twin_suffix)
         data = read_bytes(src)
-        h, w, packets = probe(data, src)
-        listed = int(self.sampler.lengths[video_index])
-        if packets < listed // 2:  # far fewer frames than the list says: truncated or broken, not a rounding slip
-            raise BadVideoError(f"{src}: {packets} frames in the file, {listed} in the file list (truncated?)")
-        # the file's own count wins over the list's: DALI (pad_mode="none") fails on a missing frame
-        frames = min(listed, packets)
-        spec = self.sampler.spec(epoch, video_index, (h, w), attempt, num_video_frames=frames)
+        frames = int(self.sampler.lengths[video_index])  # the list's count, made by decoding every frame: trusted
+        with open_checked(data, src) as container:
+            cc = container.streams.video[0].codec_context
+            spec = self.sampler.spec(epoch, video_index, (cc.height, cc.width), attempt, num_video_frames=frames)
+            check_frames(container, src, int(spec.frame_indices.max()) + 1, frames)
         t0 = time.perf_counter()
         try:
-            mask = self.masks.make(spec, epoch, self.masks.read_motion(spec, frames))
+            mask = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
         except Exception as e:  # MotionReadError, codec errors on the original: all name the file below
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
         return data, spec, mask, time.perf_counter() - t0
@@ -196,7 +227,7 @@ class DaliClipSource:
         order = self._indices(epoch)
         if pos >= len(order):
             raise StopIteration
-        (data, spec, mask, secs), bad, first_bad = with_replacement(
+        (data, spec, (mask, dec), secs), bad, first_bad = with_replacement(
             self.sampler, epoch, int(order[pos]), lambda vi, a: self._load(epoch, vi, a)
         )
         x, y, w, h = spec.crop
@@ -209,4 +240,5 @@ class DaliClipSource:
             mask,
             np.array([spec.video_index, spec.label, bad, first_bad], np.int64),
             np.array([secs], np.float32),
+            dec if dec is not None else np.zeros(0, bool),
         )

@@ -2,9 +2,10 @@
 
 Safe reading: a pickled `.pth` can run code when it is unpickled, and released weights come from the internet.
 Every checkpoint this project reads (its own, VideoMAE / VideoMAE V2 `.pth`, Hugging Face folders) goes through
-`load`: `torch.load(weights_only=True)`, which builds only tensors and plain containers and refuses anything else,
-or safetensors. So our own checkpoints hold only tensors and plain Python: `save_atomic` checks that before
-writing (`plain`), and the numpy RNG state is stored as a tensor (`rng_state`).
+`load`: `torch.load(weights_only=True)`, which builds only tensors and plain containers (plus numpy arrays and
+scalars and argparse.Namespace, `_SAFE_GLOBALS`) and refuses anything else, or safetensors. So our own
+checkpoints hold only tensors and plain Python: `save_atomic` checks that before writing (`plain`), and the numpy
+RNG state is stored as a tensor (`rng_state`).
 
 Checked loading: `load_state` puts a state dict into a module only when every tensor has the module's shape; a
 mismatch names the tensor, both shapes, and the config key that would make them agree (`model.size=large`,
@@ -13,6 +14,7 @@ mismatch names the tensor, both shapes, and the config key that would make them 
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
 import re
@@ -28,16 +30,22 @@ from mgm.atomic import atomic_write
 
 PATTERN = "step_*.pt"
 
-# Numpy arrays in checkpoints written before the RNG state became a tensor: these rebuild a plain array (numeric
-# dtype, raw bytes) and nothing else, so old runs still resume under weights_only.
-_RECONSTRUCT = (getattr(np, "_core", None) or np.core).multiarray._reconstruct
-_NUMPY_ARRAY = [
-    (_RECONSTRUCT, "numpy._core.multiarray._reconstruct"),  # numpy 2 writes this name
-    (_RECONSTRUCT, "numpy.core.multiarray._reconstruct"),  # numpy 1
+# Classes that rebuild plain data and run nothing else, allowed on top of weights_only's tensors and containers:
+# numpy arrays and scalars of numeric dtypes (the RNG state of our checkpoints written before it became a tensor;
+# `best_acc`-style values in others) and argparse.Namespace (VideoMAE's training checkpoints keep their `args`).
+_NP_CORE = (getattr(np, "_core", None) or np.core).multiarray
+_SAFE_GLOBALS = [
+    *[(f, f"numpy.{core}.multiarray.{f.__name__}") for f in (_NP_CORE._reconstruct, _NP_CORE.scalar)
+      for core in ("_core", "core")],  # numpy 2 and numpy 1 write these names
     np.ndarray,
     np.dtype,
-    np.dtypes.UInt32DType,
-]
+    *[getattr(np.dtypes, f"{t}DType") for t in ("Bool", "Int32", "Int64", "UInt32", "UInt64", "Float32", "Float64")],
+    argparse.Namespace,
+]  # fmt: skip
+
+
+# What torch.load(weights_only=True) rebuilds, besides containers (dict, list, tuple, set) and None.
+_PLAIN = (bool, int, float, complex, str, bytes, torch.Tensor, torch.Size, torch.dtype, torch.device)
 
 
 class CheckpointError(ValueError):
@@ -78,17 +86,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def plain(obj: Any, where: str = "checkpoint") -> Any:
-    """`obj` with numpy scalars as Python numbers and numpy arrays as tensors; anything else that
-    `torch.load(weights_only=True)` would refuse raises TypeError naming its place (e.g. checkpoint['loader'])."""
+    """`obj` with numpy scalars as Python numbers and numpy arrays as tensors (containers rebuilt only where
+    something changed, so a state dict keeps its metadata); anything else that `torch.load(weights_only=True)`
+    would refuse raises TypeError naming its place (e.g. checkpoint['loader'])."""
     if isinstance(obj, dict):
-        return type(obj)((k, plain(v, f"{where}[{k!r}]")) for k, v in obj.items())
-    if isinstance(obj, list | tuple) and not hasattr(obj, "_fields"):  # a namedtuple would pickle as its class
-        return type(obj)(plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+        new = {k: plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return obj if all(new[k] is v for k, v in obj.items()) else type(obj)(new)
+    if isinstance(obj, list | tuple | set) and not hasattr(obj, "_fields"):  # a namedtuple pickles as its class
+        new = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return obj if all(a is b for a, b in zip(new, obj, strict=True)) else type(obj)(new)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
         return torch.from_numpy(obj.copy())
-    if obj is None or isinstance(obj, bool | int | float | complex | str | bytes | torch.Tensor | torch.Size):
+    if obj is None or isinstance(obj, _PLAIN):
         return obj
     raise TypeError(f"{where}: {type(obj).__name__} cannot be saved in a checkpoint (tensors and plain Python only)")
 
@@ -159,15 +170,17 @@ def load(path: str | Path) -> dict[str, Any]:
         except Exception as e:  # safetensors raises its own SafetensorError for a bad header
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
     try:
-        with torch.serialization.safe_globals(_NUMPY_ARRAY):
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         asked = re.search(r"GLOBAL (\S+)", str(e))
-        what = f"it asks for {asked.group(1)}" if asked else str(e).splitlines()[0]
+        if asked is None:  # not refused for what it asks, just not a pickle of ours (a torn or foreign file)
+            why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise CheckpointError(f"{path}: not a readable checkpoint ({why.group(1) if why else e})") from None
         raise CheckpointError(
-            f"{path}: refused, not a plain-weights checkpoint ({what}); only tensors and plain Python are loaded, "
-            "since unpickling anything else can run code. Re-save it from a trusted environment as a state "
-            "dict, or as .safetensors"
+            f"{path}: refused, not a plain-weights checkpoint (it asks for {asked.group(1)}); only tensors and "
+            "plain Python are loaded, since unpickling anything else can run code. Re-save it from a trusted "
+            "environment as a state dict, or as .safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:  # a torn or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from e
@@ -178,12 +191,14 @@ def load(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class LoadReport:
-    """What `load_state` did: tensors loaded, model tensors left at their init, checkpoint tensors not used."""
+    """What `load_state` did: tensors loaded, model tensors left at their init, checkpoint tensors not used, and
+    notes from the conversion (what was dropped and why)."""
 
     source: str
     loaded: list[str] = field(default_factory=list)
     fresh: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         def names(keys: list[str]) -> str:
@@ -191,7 +206,7 @@ class LoadReport:
             return ", ".join(heads) if keys else "none"
 
         return (f"{self.source}: loaded {len(self.loaded)} tensors; new (initialized): {names(self.fresh)}; "
-                f"not used: {names(self.dropped)}")  # fmt: skip
+                f"not used: {names(self.dropped)}" + "".join(f"; {n}" for n in self.notes))  # fmt: skip
 
 
 def architecture(state: dict[str, torch.Tensor]) -> dict[str, int]:

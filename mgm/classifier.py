@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mgm.checkpoint import LoadReport, load_state
-from mgm.config import Config, DataConfig, ModelConfig
+from mgm.config import Config, DataConfig, ModelConfig, resolve_compile
 from mgm.model import IN_CHANS, NORM_EPS, Block, model_size, sinusoid_table, token_grid
 
 # Keys of our pretraining model that are not the encoder: the decoder, its pixel head, and the encoder's final
@@ -38,7 +38,8 @@ class VideoMAEClassifier(nn.Module):
     """Video classifier: (B, 3, T, H, W) normalized clips -> (B, num_classes) logits (or (B, D) features).
 
     model: size, tubelet, patch, drop_path (per block, 0 -> model.drop_path linearly), num_classes, head_dropout,
-    head_init_scale, grad_checkpointing (mgm.config.ModelConfig); data: the clip shape (num_frames x input_size^2).
+    head_init_scale, grad_checkpointing, compile (mgm.config.ModelConfig); data: the clip shape (num_frames x
+    input_size^2).
     """
 
     def __init__(self, model: ModelConfig, data: DataConfig) -> None:
@@ -52,12 +53,14 @@ class VideoMAEClassifier(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(IN_CHANS, s.dim, kernel, kernel)
         self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, s.dim), persistent=False)
-        rates = torch.linspace(0, model.drop_path, s.depth).tolist()
-        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r) for r in rates)
+        rates = torch.linspace(0, model.drop_path, s.depth, device="cpu").tolist()  # cpu: also under a meta device
+        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r, s.mlp_ratio) for r in rates)
         self.fc_norm = nn.LayerNorm(s.dim, eps=NORM_EPS)
         self.head_drop = nn.Dropout(model.head_dropout) if model.head_dropout > 0 else nn.Identity()
         self.head = nn.Linear(s.dim, model.num_classes) if model.num_classes > 0 else nn.Identity()
         self._init_weights(model.head_init_scale)
+        if resolve_compile(model.compile, "cuda" if torch.cuda.is_available() else "cpu"):
+            self.compile()  # in place, lazily on the first call, as the pretraining model: state_dict keys unchanged
 
     def _init_weights(self, head_scale: float) -> None:
         """VideoMAE's fine-tuning init: trunc-normal(0.02) Linear weights, zero biases, unit LayerNorms; the head

@@ -61,11 +61,16 @@ class MaskConfig:
     name: str = "mgm"  # "tube" | "random" | "mgm"
     ratio: float = 0.9
     knobs: dict[str, Any] = field(default_factory=dict)  # generator-specific keyword arguments
+    # Decoder masking (VideoMAE V2): the share of ALL tokens the decoder reconstructs (its loss targets), every
+    # one a masked token, so at most `ratio`. 0 = off: every masked token is a target (VideoMAE's loss).
+    # VideoMAE V2's --decoder_mask_ratio is the share it does NOT reconstruct: V2's 0.5 is 0.5 here, 0.75 is 0.25.
+    decoder_target_ratio: float = 0.0
+    decoder_name: str = "running_cell"  # which masked tokens: "running_cell" (V2's) | "random" | "mgm" (motion first)
 
 
 @dataclass
 class ModelConfig:
-    size: str = "base"  # "tiny" | "small" | "base" | "large"
+    size: str = "base"  # "tiny" | "small" | "base" | "large" | "huge" | "giant" (VideoMAE V2's ViT-g: use patch 14)
     tubelet: int = 2
     patch: int = 16
     decoder_depth: int = 0  # 0 = the size's own decoder (base: depth 4, width 384, 6 heads)
@@ -74,7 +79,7 @@ class ModelConfig:
     norm_pix_loss: bool = True
     drop_path: float = 0.0
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: bool | str = "auto"  # torch.compile: true | false | "auto" (on when training on CUDA; resolve_compile)
     # Fine-tuning (mgm.classifier): the head over the mean-pooled encoder, and the weights the encoder starts from.
     num_classes: int = 0  # classifier head outputs; 0 = no head, the classifier returns pooled features
     head_dropout: float = 0.0  # dropout before the head (VideoMAE's fc_drop_rate)
@@ -158,6 +163,7 @@ class Derived:
     masked_per_slot: int  # round(ratio * tokens_per_slot): every slot masks the same count
     num_masked: int
     num_visible: int
+    num_targets: int  # tokens in the loss per clip: num_masked, or round(decoder_target_ratio * num_tokens) if fewer
 
 
 @dataclass
@@ -188,7 +194,8 @@ _CHOICES = {
     "data.output_dtype": ("float32", "float16", "bfloat16"),
     "motion.source": ("cache", "online"),
     "mask.name": ("tube", "random", "mgm"),
-    "model.size": ("tiny", "small", "base", "large"),
+    "mask.decoder_name": ("running_cell", "random", "mgm"),
+    "model.size": ("tiny", "small", "base", "large", "huge", "giant"),
     "train.precision": ("bf16", "fp32", "auto"),
     "train.device": ("cuda", "cpu", "auto"),
     "dist.backend": ("nccl", "gloo", "auto"),
@@ -207,6 +214,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.num_workers": (0, None),
     "data.std": (1e-6, None),
     "data.max_bad_fraction": (0.0, 1.0),
+    "mask.decoder_target_ratio": (0.0, 1.0),
     "motion.cell": (1, None),
     "motion.threads": (1, None),
     "model.tubelet": (1, None),
@@ -286,6 +294,7 @@ def derive(cfg: Config) -> Derived:
     per_slot = grid[1] * grid[2]
     masked_per_slot = round(cfg.mask.ratio * per_slot)
     num_tokens = grid[0] * per_slot
+    targets = round(cfg.mask.decoder_target_ratio * num_tokens) if cfg.mask.decoder_target_ratio > 0 else num_tokens
     return Derived(
         grid=grid,
         tokens_per_slot=per_slot,
@@ -293,6 +302,7 @@ def derive(cfg: Config) -> Derived:
         masked_per_slot=masked_per_slot,
         num_masked=masked_per_slot * grid[0],
         num_visible=num_tokens - masked_per_slot * grid[0],
+        num_targets=min(targets, masked_per_slot * grid[0]),  # as mgm.masking.DecoderMasking counts them
     )
 
 
@@ -423,10 +433,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             f"mask.ratio={cfg.mask.ratio} masks {g.masked_per_slot} of the {g.tokens_per_slot} tokens of each "
             f"slot ({g.grid[1]}x{g.grid[2]} grid from data.input_size / model.patch): nothing to learn from"
         )
-    mask_generator(cfg.mask.name, cfg.mask.ratio, g.grid, cfg.mask.knobs)  # a knob typo fails here, not in a worker
+    gen = mask_generator(cfg.mask.name, cfg.mask.ratio, g.grid, cfg.mask.knobs)  # a knob typo fails here
+    if cfg.mask.decoder_target_ratio > 0:
+        decoder_generator(cfg.mask.decoder_name, cfg.mask.decoder_target_ratio, gen)
+    if isinstance(cfg.model.compile, str) and cfg.model.compile != "auto":
+        raise ConfigError(f"model.compile: {cfg.model.compile!r} is not one of true, false, auto")
     if cfg.finetune.rand_augment:
         rand_augment_ops(cfg.finetune.rand_augment)
     return cfg
+
+
+def decoder_generator(name: str, target_ratio: float, encoder: Any) -> Any:
+    """mgm.masking.build_decoder_masking(name, target_ratio, encoder), with a ConfigError naming the mask keys."""
+    from mgm.masking import build_decoder_masking
+
+    try:
+        return build_decoder_masking(name, target_ratio, encoder)
+    except ValueError as e:
+        raise ConfigError(
+            f"mask.decoder_target_ratio={target_ratio} (mask.decoder_name={name}, mask.ratio={encoder.ratio}): {e}"
+        ) from None
+
+
+def resolve_compile(setting: bool | str, device_type: str) -> bool:
+    """model.compile for a run on `device_type` ("cuda" | "cpu" | ...): true/false as given, "auto" = on CUDA only
+    (on the CPU, compiling needs a C++ compiler and adds start-up time)."""
+    return device_type == "cuda" if setting == "auto" else bool(setting)
 
 
 def rand_augment_ops(spec: str) -> tuple[int, int]:

@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 # One batch: "video" (B, 3, T, H, W) float, normalized; "mask" (B, N) bool, True = masked, the same count per
-# row; "mask_time" (B,) seconds the workers spent making each mask (optional); loaders may add more keys.
+# row; "mask_time" (B,) seconds the workers spent making each mask (optional); "decoder_mask" (B, N) bool, True =
+# reconstructed, a subset of "mask" (optional: decoder masking, passed to the model); loaders may add more keys.
 Batch = dict[str, torch.Tensor]
 
 

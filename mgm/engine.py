@@ -182,8 +182,10 @@ LossFn = Callable[[nn.Module, Batch, torch.device], torch.Tensor]  # (model, bat
 
 
 def masked_video_loss(net: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Pretraining's loss: the model's forward(video, mask) -> (loss, pred)."""
-    loss, _ = net(batch["video"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True))
+    """Pretraining's loss: the model's forward(video, mask[, decoder_mask]) -> (loss, pred)."""
+    # decoder masking (VideoMAE V2): the batch names the masked tokens to reconstruct; else all of them
+    dec = {"decoder_mask": batch["decoder_mask"].to(device, non_blocking=True)} if "decoder_mask" in batch else {}
+    loss, _ = net(batch["video"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), **dec)
     return loss
 
 

@@ -17,30 +17,29 @@ import torch
 from torch import nn
 
 from mgm import checkpoint as ckpt
-from mgm.classifier import VideoMAEClassifier, classifier_from_pretrain
+from mgm.classifier import VideoMAEClassifier
 from mgm.config import Config, FinetuneConfig
 from mgm.contracts import Batch
 
 
-def load_classifier(cfg: Config, path: str = "", say: Callable[[str], None] = print) -> VideoMAEClassifier:
+def load_classifier(
+    cfg: Config, path: str = "", say: Callable[[str], None] = print, *, strict: bool = False
+) -> VideoMAEClassifier:
     """The classifier cfg.model / cfg.data describe, with the weights of `path` (default model.init):
 
     - "": from scratch (VideoMAE's init; no pretraining);
-    - one of our pretraining checkpoints (train.py's step_*.pt): its encoder, a fresh fc_norm and head;
-    - one of our fine-tuning checkpoints (finetune.py's step_*.pt): every tensor, the head included.
-    A checkpoint that does not fit the config raises mgm.checkpoint.CheckpointMismatch naming the tensors.
+    - any checkpoint mgm.convert reads: ours (pretraining: its encoder, a fresh fc_norm and head; fine-tuned:
+      everything), VideoMAE / VideoMAE V2 .pth, Hugging Face folders, .safetensors.
+    strict: every tensor, the head included, must come from the checkpoint (evaluating a fine-tuned model). A
+    checkpoint that does not fit the config raises mgm.checkpoint.CheckpointMismatch naming the tensors.
     """
+    from mgm.convert import classifier_from_file
+
     path = path or cfg.model.init
     if not path:
         say("[finetune] model.init is empty: the encoder starts from random weights (no pretraining)")
         return VideoMAEClassifier(cfg.model, cfg.data)
-    state = ckpt.load(path)
-    weights = state.get("model", state)
-    if any(k.startswith(("decoder_", "encoder_to_decoder")) for k in weights):  # a pretraining checkpoint
-        model, report = classifier_from_pretrain(weights, cfg.model, cfg.data, source=str(path))
-    else:
-        model = VideoMAEClassifier(cfg.model, cfg.data)
-        report = ckpt.load_state(model, weights, source=str(path))
+    model, report = classifier_from_file(path, cfg.model, cfg.data, strict=strict)
     say(f"[finetune] {report.summary()}")
     return model
 

@@ -4,9 +4,17 @@ Every generator is a callable `gen(motion_map, rng) -> mask`: motion_map is floa
 `np.random.Generator` (the only source of randomness, so a seed fixes the mask); the mask is bool (T2*Hp*Wp,)
 in token order (slot, row, col) with True = masked, and always has exactly `gen.num_masked` True entries
 (round(ratio * Hp * Wp) per slot), so batches stack without padding.
+
+Decoder masking (VideoMAE V2's dual masking): a `DecoderMasking` generator picks which of the encoder-masked tokens
+the decoder reconstructs, `dec(encoder_mask, motion_map, rng) -> decoder_mask`, bool (N,) with True =
+reconstructed (a loss target); exactly `dec.num_targets` = round(target_ratio * N) True, every one of them masked
+for the encoder. `target_ratio` is a share of ALL N tokens, as in VideoMAE V2, whose `decoder_mask_ratio` is the
+share it does NOT reconstruct: V2's decoder_mask_ratio 0.5 is target_ratio 0.5, its 0.75 is 0.25.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -82,15 +90,29 @@ def _top_k_rows(key: np.ndarray, k: int) -> np.ndarray:
     return mask | (eq & (np.cumsum(eq, axis=1) <= short))
 
 
+# Radii above this act as this one: the kernel then varies by < 0.02% across 14 tokens (it is flat), and huge
+# integers would overflow the float arithmetic below.
+MAX_SMOOTH = 1 << 20
+
+
+def _binomial_kernel(radius: int, reach: int) -> np.ndarray:
+    """Weights C(2r, r+k) / 4^r of the binomial kernel of radius r for offsets k = 0..min(r, reach), float64.
+
+    The closed form costs O(reach) whatever the radius (repeated [0.5, 0.5] convolutions cost O(r^2): a radius of
+    10^6 stalled the generator's construction); the ratio of neighbouring weights, (r - k + 1) / (r + k), keeps it
+    exact for large r, where the factorials overflow.
+    """
+    r = min(int(radius), MAX_SMOOTH)
+    k = np.arange(1, min(r, reach) + 1, dtype=np.float64)
+    centre = math.exp(math.lgamma(2 * r + 1) - 2 * math.lgamma(r + 1) - 2 * r * math.log(2.0))
+    return centre * np.concatenate([[1.0], np.cumprod((r - k + 1) / (r + k))])
+
+
 def _smoothing_matrix(n: int, radius: int) -> np.ndarray:
     """(n, n) binomial smoothing of the given radius along one axis (rows sum to <= 1 at the borders)."""
-    kernel = np.array([1.0])
-    for _ in range(2 * radius):
-        kernel = np.convolve(kernel, [0.5, 0.5])
-    m = np.zeros((n, n), np.float32)
-    for off, k in zip(range(-radius, radius + 1), kernel, strict=True):
-        m += np.eye(n, k=off, dtype=np.float32) * k
-    return m
+    kernel = _binomial_kernel(radius, n - 1)  # (min(r, n-1) + 1,): offsets 0, 1, ...
+    off = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))  # (n, n)
+    return np.where(off < len(kernel), kernel[np.minimum(off, len(kernel) - 1)], 0.0).astype(np.float32)
 
 
 class MotionGuidedMasking(MaskGenerator):
@@ -182,6 +204,112 @@ def build_masking(name: str, ratio: float, grid: tuple[int, int, int], **knobs: 
         return GENERATORS[name](ratio, grid, **knobs)
     except TypeError as e:
         raise ValueError(f"mask generator {name!r} got unknown knobs {sorted(knobs)}: {e}") from e
+
+
+class DecoderMasking:
+    """Base class: the `num_targets` encoder-masked tokens of highest `priority` are the decoder's targets.
+
+    Unlike VideoMAE V2, whose decoder mask ignores the encoder's (so ~10% of its decoder queries sit on visible
+    tokens and drop out of the loss), every target here is a masked token: the count in the loss is fixed.
+    """
+
+    name = "base"
+
+    def __init__(self, target_ratio: float, encoder: MaskGenerator) -> None:
+        t2, hp, wp = encoder.grid
+        self.grid, self.target_ratio = encoder.grid, float(target_ratio)
+        # at most every masked token (the encoder rounds per slot: ratio 0.9 masks 1408 of 1568 tokens, not 1411)
+        self.num_targets = min(round(target_ratio * t2 * hp * wp), encoder.num_masked)
+        if self.num_targets <= 0 or target_ratio > encoder.ratio:
+            raise ValueError(
+                f"decoder target ratio {target_ratio} gives {self.num_targets} targets of {t2 * hp * wp} tokens; "
+                f"it must be > 0 and at most the encoder's mask ratio {encoder.ratio} ({encoder.num_masked} masked)"
+            )
+        self.fallbacks = 0  # clips without usable motion that got random targets instead (mgm only)
+
+    def priority(self, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        """(N,) float64 in token order: higher = reconstructed first; no ties (a random tie-break is folded in)."""
+        raise NotImplementedError
+
+    def __call__(self, encoder_mask: np.ndarray, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        encoder_mask = np.asarray(encoder_mask, bool).reshape(-1)
+        if np.count_nonzero(encoder_mask) < self.num_targets:
+            raise ValueError(f"{self}: the encoder masks {encoder_mask.sum()} tokens, fewer than {self.num_targets}")
+        key = np.where(encoder_mask, self.priority(motion_map, rng), -np.inf)  # a visible token is never a target
+        out = np.zeros(encoder_mask.size, bool)
+        out[np.argpartition(-key, self.num_targets - 1)[: self.num_targets]] = True
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(target_ratio={self.target_ratio}, grid={self.grid})"
+
+
+class RunningCellTargets(DecoderMasking):
+    """VideoMAE V2's running cell: each 2x2 cell of a slot has target_ratio of its 4 tokens as targets (2 at V2's
+    setting 0.5), and the chosen positions step one place round the cell from slot to slot, so over 4 slots every
+    token is reconstructed equally often and the targets of neighbouring slots do not sit in the same place.
+
+    Written as a priority: token (t, h, w) at cell position j = 2*(h%2) + w%2 has phase (j + t + offset) % 4
+    (random offset per clip); phases 0, 1, ... come first. Where the encoder left a phase's token visible, the
+    next phase fills in (ties at random), so the count stays fixed and the pattern stays a running one.
+    """
+
+    name = "running_cell"
+
+    def __init__(self, target_ratio: float, encoder: MaskGenerator) -> None:
+        super().__init__(target_ratio, encoder)
+        t, h, w = np.meshgrid(*(np.arange(g) for g in self.grid), indexing="ij")
+        self._phase0 = (2 * (h % 2) + w % 2 + t).reshape(-1)  # (N,) phase before the clip's offset
+
+    def priority(self, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        phase = (self._phase0 + rng.integers(4)) % 4
+        return -phase + 0.5 * rng.random(phase.size)  # ties within a phase at random, phases never mix
+
+
+class RandomTargets(DecoderMasking):
+    """Targets drawn uniformly from the encoder-masked tokens."""
+
+    name = "random"
+
+    def priority(self, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        return rng.random(math.prod(self.grid))
+
+
+class MotionTargets(DecoderMasking):
+    """Motion-aware targets (ours): the highest-motion masked tokens first, then a random fill from the rest.
+
+    The motion score is MotionGuidedMasking's (smoothed, temporally continuous, codec noise below `floor` x a
+    slot's peak set to 0), with the encoder's knobs when the encoder is mgm. A clip without usable motion gets
+    random targets and counts in `fallbacks`.
+    """
+
+    name = "mgm"
+
+    def __init__(self, target_ratio: float, encoder: MaskGenerator) -> None:
+        super().__init__(target_ratio, encoder)
+        mgm = isinstance(encoder, MotionGuidedMasking)
+        self._scorer = encoder if mgm else MotionGuidedMasking(encoder.ratio, encoder.grid)
+
+    def priority(self, motion_map: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        s = None if motion_map is None else self._scorer.score(motion_map)
+        noise = rng.random(math.prod(self.grid))
+        if s is None:
+            self.fallbacks += 1
+            return noise
+        s = s.reshape(-1).astype(np.float64)
+        return s / s.max() + 1e-9 * noise  # motion decides; the noise only orders the still (0) tokens
+
+
+DECODER_GENERATORS: dict[str, type[DecoderMasking]] = {
+    g.name: g for g in (RunningCellTargets, RandomTargets, MotionTargets)
+}
+
+
+def build_decoder_masking(name: str, target_ratio: float, encoder: MaskGenerator) -> DecoderMasking:
+    """Decoder target generator `name` ("running_cell" | "random" | "mgm") for `encoder`'s grid and masks."""
+    if name not in DECODER_GENERATORS:
+        raise ValueError(f"unknown decoder mask generator {name!r}; choose from {sorted(DECODER_GENERATORS)}")
+    return DECODER_GENERATORS[name](target_ratio, encoder)
 
 
 def motion_coverage(mask: np.ndarray, motion_map: np.ndarray) -> float:

@@ -3,8 +3,10 @@
 Conventions (shared with the loader and the masks):
 - video: (B, 3, T, H, W) float, normalized with data.mean / data.std (ImageNet's by default);
 - mask: (B, N) bool, True = masked, the same number of True per row; N = T/ts * H/p * W/p, token order (t, h, w);
+- decoder_mask (optional, VideoMAE V2's decoder masking): (B, N) bool, True = reconstructed (a loss target), a
+  subset of `mask` with the same number of True per row; without it every masked token is a target;
 - a predicted patch vector is laid out (ts, p, p, C) (`patchify`), as in VideoMAE and Hugging Face
-  `VideoMAEForPreTraining`, so weights map one to one (`load_hf_state_dict`) and predictions compare directly.
+  `VideoMAEForPreTraining`, so weights map one to one (mgm.convert) and predictions compare directly.
 
 Speed, with the same math: the tubelet embedding is a Conv3d with stride = kernel, i.e. a linear map of each
 patch vector, so the encoder embeds only the visible patches (10% at ratio 0.9) instead of every tubelet; the
@@ -30,7 +32,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mgm.config import Config, DataConfig, ModelConfig
+from mgm.config import Config, DataConfig, ModelConfig, resolve_compile
 
 IN_CHANS = 3  # RGB
 MLP_RATIO = 4.0
@@ -45,14 +47,18 @@ class ModelSize:
     decoder_dim: int
     decoder_depth: int
     decoder_heads: int
+    mlp_ratio: float = MLP_RATIO  # MLP width / dim, encoder and decoder alike (as VideoMAE V2)
 
 
-# A new size is a registry entry, not a new class.
+# A new size is a registry entry, not a new class. huge and giant are VideoMAE V2's ViT-H and ViT-g (decoder 512
+# wide, 8 heads, depth 4 as its pretraining scripts run them); V2's ViT-g cuts 14x14 patches: model.patch=14.
 MODEL_SIZES: dict[str, ModelSize] = {
     "tiny": ModelSize(192, 4, 3, 96, 2, 3),
     "small": ModelSize(384, 12, 6, 192, 4, 3),
     "base": ModelSize(768, 12, 12, 384, 4, 6),
     "large": ModelSize(1024, 24, 16, 512, 4, 8),
+    "huge": ModelSize(1280, 32, 16, 512, 4, 8),
+    "giant": ModelSize(1408, 40, 16, 512, 4, 8, mlp_ratio=48 / 11),  # MLP 6144 wide (decoder's: 2234)
 }
 
 
@@ -126,12 +132,12 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    def __init__(self, dim: int, heads: int, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, heads: int, drop_path: float = 0.0, mlp_ratio: float = MLP_RATIO) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=NORM_EPS)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, eps=NORM_EPS)
-        self.mlp = Mlp(dim, int(dim * MLP_RATIO))  # fc1 -> GELU -> fc2, as VideoMAE (dropout 0)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))  # fc1 -> GELU -> fc2, as VideoMAE (dropout 0)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,10 +146,11 @@ class Block(nn.Module):
 
 
 class VideoMAEPretrain(nn.Module):
-    """VideoMAE encoder-decoder for masked-video pretraining; `forward(video, mask)` returns (loss, pred).
+    """VideoMAE encoder-decoder for masked-video pretraining; `forward(video, mask[, decoder_mask])` -> (loss, pred).
 
     model: size, token shape (tubelet, patch), decoder overrides, loss and memory switches (mgm.config.ModelConfig;
-    with model.compile the module compiles itself in place, so state_dict keys stay unprefixed).
+    with model.compile true, or "auto" where CUDA is available, the module compiles itself in place, so state_dict
+    keys stay unprefixed).
     data: the clips it is fed: num_frames x input_size^2, normalized with mean / std (mgm.config.DataConfig).
     """
 
@@ -158,20 +165,22 @@ class VideoMAEPretrain(nn.Module):
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(IN_CHANS, s.dim, (tubelet, patch, patch), (tubelet, patch, patch))
         self.register_buffer("pos_embed", sinusoid_table(self.num_tokens, s.dim), persistent=False)
-        rates = torch.linspace(0, model.drop_path, s.depth).tolist()
-        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r) for r in rates)
+        rates = torch.linspace(0, model.drop_path, s.depth, device="cpu").tolist()  # cpu: also under a meta device
+        self.blocks = nn.ModuleList(Block(s.dim, s.heads, r, s.mlp_ratio) for r in rates)
         self.norm = nn.LayerNorm(s.dim, eps=NORM_EPS)
         self.encoder_to_decoder = nn.Linear(s.dim, s.decoder_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, s.decoder_dim))
         self.register_buffer("decoder_pos_embed", sinusoid_table(self.num_tokens, s.decoder_dim), persistent=False)
-        self.decoder_blocks = nn.ModuleList(Block(s.decoder_dim, s.decoder_heads) for _ in range(s.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            Block(s.decoder_dim, s.decoder_heads, mlp_ratio=s.mlp_ratio) for _ in range(s.decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(s.decoder_dim, eps=NORM_EPS)
         self.head = nn.Linear(s.decoder_dim, tubelet * patch * patch * IN_CHANS)
         # The loader's normalization, undone for pixel targets when norm_pix_loss is off.
         self.register_buffer("pixel_mean", torch.tensor(data.mean), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(data.std), persistent=False)
         self._init_weights()
-        if model.compile:
+        if resolve_compile(model.compile, "cuda" if torch.cuda.is_available() else "cpu"):
             self.compile()  # lazily, on the first call (after .to(device))
 
     def _init_weights(self) -> None:
@@ -205,6 +214,30 @@ class VideoMAEPretrain(nn.Module):
         ids = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
         return ids, self.num_tokens - counts[0]
 
+    def split_target_ids(self, mask: torch.Tensor, decoder_mask: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """Token ids (B, V + M): visible ones first, then the decoder's targets, each ascending; V and M.
+
+        mask: (B, N) bool, True = masked; decoder_mask: (B, N) bool, True = reconstructed, a subset of `mask`; each
+        with the same count in every row. The masked tokens that are not targets take no part in the step.
+        """
+        if mask.ndim != 2 or mask.shape[1] != self.num_tokens:
+            raise ValueError(f"mask must be (B, {self.num_tokens}) bool, got {tuple(mask.shape)}")
+        if decoder_mask.shape != mask.shape or decoder_mask.dtype != torch.bool:
+            raise ValueError(f"decoder_mask must be {tuple(mask.shape)} bool like mask, got "
+                             f"{tuple(decoder_mask.shape)} {decoder_mask.dtype}")  # fmt: skip
+        counts = torch.stack([mask.sum(1), decoder_mask.sum(1), (decoder_mask & ~mask).sum(1)]).tolist()  # one sync
+        masked, targets, stray = counts
+        if min(masked) != max(masked) or masked[0] in (0, self.num_tokens):
+            raise ValueError(f"mask rows must mask the same number (0 < n < {self.num_tokens}) of tokens: {masked}")
+        if min(targets) != max(targets) or targets[0] == 0:
+            raise ValueError(f"decoder_mask rows must have the same number (> 0) of targets: {targets}")
+        if max(stray):
+            raise ValueError(f"decoder_mask marks visible tokens as targets ({stray} per row); targets must be masked")
+        # 0 = visible, 1 = target, 2 = masked but not reconstructed
+        ids = torch.argsort(mask.to(torch.uint8) + (mask & ~decoder_mask).to(torch.uint8), dim=1, stable=True)
+        v = self.num_tokens - masked[0]
+        return ids[:, : v + targets[0]], v, targets[0]
+
     def patch_tokens(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, N, C*ts*p*p), each vector laid out (C, ts, p, p) like the Conv3d kernel.
 
@@ -222,7 +255,8 @@ class VideoMAEPretrain(nn.Module):
         return self.norm(self._run(self.blocks, x))
 
     def forward_decoder(self, x_vis: torch.Tensor, ids: torch.Tensor, num_visible: int) -> torch.Tensor:
-        """(B, V, D) encoded visible tokens, ids (B, N) from `split_ids` -> (B, M, ts*p*p*C) masked predictions."""
+        """(B, V, D) encoded visible tokens, ids (B, V + M) from `split_ids` (M = all masked) or `split_target_ids`
+        (M = the targets) -> (B, M, ts*p*p*C) predictions of the M tokens after the visible ones in `ids`."""
         x_vis = self.encoder_to_decoder(x_vis)  # (B, V, Dd)
         pos = self.decoder_pos_embed[0][ids]  # (B, N, Dd), visible positions first
         b, m = x_vis.shape[0], ids.shape[1] - num_visible
@@ -248,9 +282,17 @@ class VideoMAEPretrain(nn.Module):
             x = x * std + mean
         return rearrange(x, "b m c k -> b m (k c)")  # (B, M, ts*p*p*C)
 
-    def forward(self, video: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """video (B, 3, T, H, W), mask (B, N) bool True = masked -> (scalar loss, (B, M, ts*p*p*C) predictions)."""
-        ids, v = self.split_ids(mask)
+    def forward(
+        self, video: torch.Tensor, mask: torch.Tensor, decoder_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, 3, T, H, W), mask (B, N) bool True = masked, decoder_mask None (every masked token is a target)
+        or (B, N) bool True = reconstructed, a subset of mask -> (scalar loss, (B, M, ts*p*p*C) predictions of the
+        M targets in token order). The loss is the mean over the targets only; without decoder_mask it is VideoMAE's.
+        """
+        if decoder_mask is None:
+            ids, v = self.split_ids(mask)  # (B, N)
+        else:
+            ids, v, _ = self.split_target_ids(mask, decoder_mask)  # (B, V + M): the decoder never sees the rest
         patches = self.patch_tokens(video)  # (B, N, C*ts*p*p)
         patches = torch.gather(patches, 1, ids[..., None].expand(-1, -1, patches.shape[-1]))  # visible first
         x_vis = self.forward_encoder(patches[:, :v], ids[:, :v])
@@ -269,51 +311,15 @@ def create_model(size: str = "base", data: DataConfig | None = None, **model: An
     return VideoMAEPretrain(ModelConfig(size=size, **model), data or DataConfig())
 
 
-_HF_BLOCK = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "attention.attention.query.bias": "attn.q_bias",
-    "attention.attention.value.bias": "attn.v_bias",
-}
-
-
-def hf_to_mgm_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face `VideoMAEForPreTraining` state dict (use_mean_pooling=False) to this model's keys."""
-    out: dict[str, torch.Tensor] = {}
-    prefixes = [("videomae.encoder.layer.", "blocks."), ("decoder.decoder_layers.", "decoder_blocks.")]
-    fixed = {
-        "videomae.embeddings.patch_embeddings.projection": "patch_embed.proj",
-        "videomae.layernorm": "norm",
-        "decoder.norm": "decoder_norm",
-        "decoder.head": "head",
-    }
-    for key, val in hf.items():
-        for src, dst in prefixes:
-            if key.startswith(src):
-                idx, rest = key[len(src) :].split(".", 1)
-                if rest.endswith(("query.weight", "key.weight", "value.weight")):
-                    if rest.endswith("query.weight"):  # q, k, v stacked into one (3D, D) matrix
-                        base = f"{src}{idx}.attention.attention."
-                        qkv = [hf[base + n + ".weight"] for n in ("query", "key", "value")]
-                        out[f"{dst}{idx}.attn.qkv.weight"] = torch.cat(qkv)
-                    break
-                name = next((v + rest[len(k) :] for k, v in _HF_BLOCK.items() if rest.startswith(k)), None)
-                if name is None:
-                    raise KeyError(f"hf_to_mgm_state_dict: no mapping for {key!r}")
-                out[f"{dst}{idx}.{name}"] = val
-                break
-        else:
-            stem, _, leaf = key.rpartition(".")
-            out[f"{fixed[stem]}.{leaf}" if stem in fixed else key] = val
-    return out
-
-
 def load_hf_state_dict(model: VideoMAEPretrain, hf: dict[str, torch.Tensor]) -> None:
-    """Copy Hugging Face `VideoMAEForPreTraining` weights into `model` (strict: every key must match)."""
-    model.load_state_dict(hf_to_mgm_state_dict(hf), strict=True)
+    """Copy Hugging Face `VideoMAEForPreTraining` weights into `model` (every name and shape must fit).
+
+    The renaming lives with the other checkpoint layouts in mgm.convert (imported here, when called, since it
+    builds on this module)."""
+    from mgm.convert import hf_to_mgm
+
+    state, _ = hf_to_mgm(hf)
+    model.load_state_dict(state, strict=True)
 
 
 def model_from_config(cfg: Config) -> VideoMAEPretrain:

@@ -20,7 +20,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mgm.video import Packets, VectorRecords, VideoError, demux, motion_vectors, open_video, to_rgb
+from mgm.video import (
+    FrameOrderError,
+    Packets,
+    VectorRecords,
+    VideoError,
+    demux,
+    motion_vectors,
+    open_video,
+    to_rgb,
+)
 
 # Settings that change pixels but not the parsed vectors (the bitstream syntax does not depend on pixels);
 # tests/test_motion.py checks that the vectors are identical with and without them. Frame threading is not
@@ -202,51 +211,80 @@ def read_span(
     threads: int = 1,
     camera: bool = True,
     on_frame: Callable[[int, np.ndarray], None] | None = None,
+    num_frames: int | None = None,
 ) -> tuple[MotionField, dict[int, np.ndarray]]:
     """Decode frames [start, stop) once (from the key frame before `start`) for motion AND chosen RGB frames.
 
     Returns the MotionField of frames [start, stop) (first_frame = start) and {index: (H, W, 3) uint8 RGB} for
     the indices in `keep` inside the span; with `on_frame`, each kept frame goes to on_frame(index, rgb) as it is
     decoded instead (the dict stays empty), so a caller can shrink it at once and memory stays bounded for large
-    frames. stop=None reads to the end. camera=True subtracts each frame's dominant (area-weighted median)
-    motion, so a camera pan does not light up the whole frame. threads > 1 uses frame threads on streams without
-    B-frames (same vectors, tested) and slice threads otherwise. Raises
+    frames (a frame can come twice when the file has to be renumbered, see mgm.video; the later one is right).
+    stop=None reads to the end. num_frames: the file's frame count from its file list, trusted (the field's
+    `num_frames`); a file holding fewer is an error naming both counts. camera=True subtracts each frame's
+    dominant (area-weighted median) motion, so a camera pan does not light up the whole frame. threads > 1 uses
+    frame threads on streams without B-frames (same vectors, tested) and slice threads otherwise. Raises
     MotionReadError (naming the file and the frames read) when the file cannot be opened or ends before `stop`.
     """
     path = os.fspath(path)
     keep = frozenset(int(k) for k in keep)
+    if stop is not None and stop <= start:
+        raise ValueError(f"{path}: empty span [{start}, {stop})")
+    args = (path, start, stop, keep, threads, on_frame, num_frames)
     try:
-        with open_video(path) as container:
-            pk = demux(container, path)
-            if stop is not None and stop <= start:
-                raise ValueError(f"{path}: empty span [{start}, {stop})")
-            if start >= len(pk.packets):  # e.g. a stale list promising more frames than the file (still) holds
-                why = f"; {pk.error}" if pk.error else ""
-                raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {len(pk.packets)} frames{why}")
-            total = len(pk.packets) if pk.complete else None
-            stop = (total if stop is None else min(stop, total)) if total is not None else stop
-            stream = pk.stream
-            # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`, and
-            # need not decode its key frames at all: P-frame vectors are predicted from neighbouring vectors only,
-            # never from reference pixels, so they come out identical (tested) while the frames from the key frame
-            # up to `start`, and the key frames themselves (no vectors, and most of the bits), are never decoded.
-            mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
-            flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
-            stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
-            # frame threads drop B-frames' second-direction vectors, so they only serve B-free streams
-            stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
-            stream.thread_count = max(threads, 1)
-            first_packet = (pk.packet_of(start) if start > 0 else 0) if mid_gop else pk.key_before(start)
-            span = _decode(pk, first_packet, start, stop, keep, on_frame, skip_keys=mid_gop)
+        try:
+            span, total, end = _read(*args, count=False)
+        except FrameOrderError:  # the timestamps contradict the output order: count frames from the start
+            span, total, end = _read(*args, count=True)
     except VideoError as e:
         raise MotionReadError(path, e.frames_read, e.detail) from e
+    return _build_field(span, start, end, cell, total, camera), span.rgb
+
+
+def _read(
+    path: str,
+    start: int,
+    stop: int | None,
+    keep: frozenset[int],
+    threads: int,
+    on_frame: Callable[[int, np.ndarray], None] | None,
+    num_frames: int | None,
+    count: bool,
+) -> tuple[_Span, int, int]:
+    """One decode of a span (see read_span): (what it collected, frames in the file, end of the span)."""
+    with open_video(path) as container:
+        pk = demux(container, path, num_frames=num_frames, count=count)
+        pk.check_listed(num_frames)  # the file changed since its list was made
+        have = pk.frames_hint
+        if start >= (num_frames if num_frames is not None else have):
+            why = f"; {pk.error}" if pk.error else ""
+            raise MotionReadError(path, 0, f"span [{start}, {stop}) starts past the {have} frames{why}")
+        total = num_frames if num_frames is not None else (have if pk.complete else None)
+        if stop is not None and total is not None:
+            stop = min(stop, total)
+        stream = pk.stream
+        # Without pixels to return, an H.264 stream without B-frames can start decoding right at `start`, and
+        # need not decode its key frames at all: P-frame vectors are predicted from neighbouring vectors only,
+        # never from reference pixels, so they come out identical (tested) while the frames from the key frame
+        # up to `start`, and the key frames themselves (no vectors, and most of the bits), are never decoded.
+        mid_gop = not keep and pk.index is not None and not pk.reordered and stream.codec_context.name == "h264"
+        flags2 = "+export_mvs+showall" if mid_gop else "+export_mvs"
+        stream.codec_context.options = {"flags2": flags2, **({} if keep else FAST_OPTIONS)}  # exact pixels if kept
+        # frame threads drop B-frames' second-direction vectors, so they only serve B-free streams
+        stream.thread_type = "FRAME" if threads > 1 and pk.index is not None and not pk.reordered else "SLICE"
+        stream.thread_count = max(threads, 1)
+        first_packet = (pk.packet_of(start) if start > 0 else 0) if mid_gop else pk.key_before(start)
+        span = _decode(pk, first_packet, start, stop, keep, on_frame, skip_keys=mid_gop)
     if span.size is None:
         raise MotionReadError(path, span.decoded, pk.error or "no frame could be decoded")
     end = stop if stop is not None else span.last + 1
     if span.last + 1 < end or (stop is None and not pk.complete):
-        raise MotionReadError(path, span.decoded, pk.error or f"stream ended at frame {span.last + 1}, expected {end}")
-    total = total if total is not None else max(span.last + 1, end)
-    return _build_field(span, start, end, cell, total, camera), span.rgb
+        listed = f", its file list says {num_frames}" if num_frames is not None else ""
+        raise MotionReadError(
+            path, span.decoded, pk.error or f"stream ended at frame {span.last + 1}, expected {end}{listed}"
+        )
+    if stop is None and num_frames is not None and end != num_frames:
+        raise MotionReadError(path, span.decoded, f"decoded {end} frames, its file list says {num_frames}")
+    return span, (total if total is not None else max(span.last + 1, end)), end
 
 
 @dataclass
@@ -417,12 +455,20 @@ def _build_field(span: _Span, start: int, end: int, cell: int, total: int, camer
 
 
 def read_motion(
-    path: str, *, cell: int = 8, threads: int = 1, start: int = 0, stop: int | None = None, camera: bool = True
+    path: str,
+    *,
+    cell: int = 8,
+    threads: int = 1,
+    start: int = 0,
+    stop: int | None = None,
+    camera: bool = True,
+    num_frames: int | None = None,
 ) -> MotionField:
-    """Motion energy of frames [start, stop) of a video (default: all of it); see `MotionField`.
+    """Motion energy of frames [start, stop) of a video (default: all of it); see `MotionField`. num_frames: the
+    file's frame count from its file list (trusted; a file that disagrees is an error naming both counts).
 
     Raises MotionReadError for unreadable, corrupt or truncated files. A stream without motion vectors gives
     `has_vectors=False` and zero energy, no exception.
     """
-    field, _ = read_span(path, start, stop, cell=cell, threads=threads, camera=camera)
+    field, _ = read_span(path, start, stop, cell=cell, threads=threads, camera=camera, num_frames=num_frames)
     return field

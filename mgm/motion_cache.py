@@ -99,11 +99,12 @@ class MotionCache:
         return load_record(rec)
 
 
-def _cache_one(job: tuple[str, str, int, bool]) -> tuple[str, str, int]:
-    """Worker: read one video and write its record. Returns (status, reason, frames); status done|failed."""
-    src, dst, cell, camera = job
+def _cache_one(job: tuple[str, str, int, bool, int]) -> tuple[str, str, int]:
+    """Worker: read one video (its list's frame count `num_frames` trusted, checked at the end) and write its
+    record. Returns (status, reason, frames); status done|failed."""
+    src, dst, cell, camera, num_frames = job
     try:
-        field = read_motion(src, cell=cell, camera=camera)
+        field = read_motion(src, cell=cell, camera=camera, num_frames=num_frames)
     except MotionReadError as e:
         return "failed", f"read error: {e.reason}", e.frames_read
     except Exception as e:  # anything else a broken file can raise: counted, never fatal
@@ -153,7 +154,7 @@ def build_cache(
         if dst.is_file():
             skipped += 1
         else:
-            jobs.append((e.path, str(dst), cell, camera))
+            jobs.append((e.path, str(dst), cell, camera, e.num_frames))
 
     bar = None
     if progress:

@@ -4,7 +4,8 @@
   checkpoint under the same names;
 - `Plan`: the numbers fixed at start from optim.* / train.* and the loader's length (steps, warmup, peak LR);
 - `Checkpoints`: model, optimizer, progress, loader position and every RNG state in one atomic file, so a run
-  killed at any point and resumed from its newest checkpoint ends with bit-identical weights.
+  killed at any point and resumed from its newest checkpoint ends with bit-identical weights. The file holds
+  tensors and plain Python only and is read with weights_only (mgm.checkpoint), so resuming runs no code.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class Checkpoints:
         self.last = ckpt.resolve_resume(resume, self.dir)
         if self.last is None:
             return Progress(), None
-        state = ckpt.load(self.last)
-        self.model.load_state_dict(state["model"])
+        state = ckpt.load(self.last)  # weights_only: a checkpoint is data, never code
+        ckpt.load_state(self.model, state["model"], source=str(self.last))  # a size mismatch names tensor and key
         self.optimizer.load_state_dict(state["optimizer"])
         p = Progress(**{f.name: state[f.name] for f in dataclasses.fields(Progress)})
         loader_state = state["loader"]

@@ -18,9 +18,13 @@ CLIP = DataConfig(num_frames=FRAMES, input_size=SIZE)
 
 
 def tiny_model(seed: int = 0, **model: Any) -> VideoMAEPretrain:
-    """The "tiny" size for FRAMES x SIZE^2 clips; `model` sets other ModelConfig keys (drop_path=0.1, ...)."""
+    """The "tiny" size for FRAMES x SIZE^2 clips; `model` sets other ModelConfig keys (drop_path=0.1, ...).
+
+    Not compiled unless asked (compile=True): model.compile "auto" would compile on a machine with a GPU, and
+    these models run on the CPU.
+    """
     torch.manual_seed(seed)
-    return create_model("tiny", CLIP, **model)
+    return create_model("tiny", CLIP, **{"compile": False, **model})
 
 
 def smooth_clip(gen: torch.Generator, frames: int = FRAMES, size: int = SIZE) -> torch.Tensor:

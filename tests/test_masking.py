@@ -182,6 +182,24 @@ def test_bad_names_and_knobs() -> None:
         build_masking("mgm", 1.0, GRID)
 
 
+def test_smoothing_is_the_binomial_kernel_and_any_radius_builds() -> None:
+    from mgm.masking import _smoothing_matrix
+
+    for radius in range(7):  # the kernel of `radius` is 2*radius convolutions of [0.5, 0.5]
+        kernel = np.array([1.0])
+        for _ in range(2 * radius):
+            kernel = np.convolve(kernel, [0.5, 0.5])
+        expect = sum(np.eye(14, k=k) * w for k, w in zip(range(-radius, radius + 1), kernel, strict=True))
+        assert np.array_equal(_smoothing_matrix(14, radius), expect.astype(np.float32)), radius
+    # A huge radius used to stall while the kernel was built (a loop of 2 x radius convolutions); now it is a
+    # nearly flat kernel, and the masks are still fixed-count.
+    wide = _smoothing_matrix(14, 10**12)
+    assert np.isfinite(wide).all() and wide.min() > 0.999 * wide.max()
+    gen = build_masking("mgm", 0.9, GRID, smooth=10**12)
+    m = np.random.default_rng(0).random(GRID).astype(np.float32) * 5
+    assert gen(m, np.random.default_rng(0)).sum() == gen.num_masked
+
+
 def test_visualize_writes_a_figure(synth_clips: dict[str, Path], tmp_path: Path) -> None:
     from mgm.visualize import render
 

@@ -112,19 +112,118 @@ def test_data_mean_and_std_reach_the_pixel_targets() -> None:
     torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
 
 
-def test_grad_checkpointing_gives_the_same_gradients() -> None:
+def _targets(mask: torch.Tensor, keep: int, seed: int = 1) -> torch.Tensor:
+    """(B, N) bool decoder mask, True = reconstructed: `keep` random masked tokens of each row."""
+    gen = torch.Generator().manual_seed(seed)
+    out = torch.zeros_like(mask)
+    for b in range(mask.shape[0]):
+        masked = mask[b].nonzero()[:, 0]
+        out[b, masked[torch.randperm(len(masked), generator=gen)[:keep]]] = True
+    return out
+
+
+@pytest.mark.parametrize("decoder", [False, True])
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(decoder: bool) -> None:
     video, mask = _batch()
-    grads = []
+    dec = _targets(mask, 8) if decoder else None
+    losses, grads = [], []
     for ckpt in (False, True):
-        model = tiny_model(grad_checkpointing=ckpt)
-        model(video, mask)[0].backward()
+        model = tiny_model(grad_checkpointing=ckpt, drop_path=0.1)  # drop path: the recomputation replays its RNG
+        torch.manual_seed(3)
+        loss = model(video, mask, dec)[0]
+        loss.backward()
+        losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(losses[0], losses[1])
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_decoder_mask_equal_to_the_mask_is_the_plain_loss_bit_for_bit() -> None:
+    # Decoder masking off (None) is VideoMAE's loss; marking every masked token as a target takes the other code
+    # path and must give the very same numbers: the two paths differ only in which tokens they drop.
+    model = tiny_model()
+    video, mask = _batch()
+    loss, pred = model(video, mask)
+    loss_all, pred_all = model(video, mask, mask.clone())
+    assert torch.equal(loss, loss_all) and torch.equal(pred, pred_all)
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_decoder_masking_loss_covers_only_the_targets(norm_pix: bool) -> None:
+    model = tiny_model(norm_pix_loss=norm_pix)
+    video, mask = _batch()
+    dec = _targets(mask, 10)
+    seen = []
+    model.decoder_blocks[0].register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    with torch.no_grad():
+        loss, pred = model(video, mask, dec)
+    v = model.num_tokens - int(mask[0].sum())
+    assert pred.shape == (2, 10, 2 * 16 * 16 * 3) and seen == [(2, v + 10, MODEL_SIZES["tiny"].decoder_dim)]
+    expect = _direct_loss(video, dec, pred, norm_pix, IMAGENET_MEAN, IMAGENET_STD)  # targets, in token order
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+    model(video, mask, dec)[0].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_decoder_mask_must_be_masked_tokens_in_fixed_counts() -> None:
+    model = tiny_model()
+    video, mask = _batch()
+    dec = _targets(mask, 6)
+    bad = dec.clone()
+    bad[0, (~mask[0]).nonzero()[0]] = True  # a visible token as a target
+    bad[0, dec[0].nonzero()[0]] = False  # (same count, so only the visibility is wrong)
+    with pytest.raises(ValueError, match="visible tokens as targets"):
+        model(video, mask, bad)
+    ragged = dec.clone()
+    ragged[1, dec[1].nonzero()[0]] = False
+    with pytest.raises(ValueError, match="same number"):
+        model(video, mask, ragged)
+    with pytest.raises(ValueError, match="bool"):
+        model(video, mask, dec.float())
+
+
+def test_huge_and_giant_are_videomae_v2_sizes() -> None:
+    # Built on the meta device: shapes without allocating ~1B parameters.
+    def encoder_params(d: int, depth: int, hidden: int, patch: int) -> int:
+        block = 4 * d * d + 3 * d + 2 * d * hidden + hidden + d + 4 * d  # qkv+proj, q/v/proj biases, MLP, 2 norms
+        return 3 * 2 * patch * patch * d + d + depth * block + 2 * d  # tubelet embedding, blocks, final norm
+
+    for size, patch, (d, depth, heads, hidden) in (("huge", 16, (1280, 32, 16, 5120)),
+                                                    ("giant", 14, (1408, 40, 16, 6144))):  # fmt: skip
+        with torch.device("meta"):
+            model = create_model(size, patch=patch)
+        enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("patch_embed.", "blocks.", "norm.")))
+        assert enc == encoder_params(d, depth, hidden, patch)  # ViT-H ~632M, ViT-g ~1011M
+        blk = model.blocks[0]
+        assert (len(model.blocks), blk.attn.heads, blk.mlp.fc1.out_features) == (depth, heads, hidden)
+        dec = model.decoder_blocks
+        assert (len(dec), dec[0].attn.heads, model.mask_token.shape[-1]) == (4, 8, 512)
+        assert dec[0].mlp.fc1.out_features == int(512 * hidden / d)  # V2's decoder uses the encoder's MLP ratio
+    assert model.head.out_features == 2 * 14 * 14 * 3 and model.grid == (8, 16, 16)
+
+
 def test_unknown_size_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="model.size='huge'"):
-        create_model("huge")
+    with pytest.raises(ValueError, match="model.size=.colossal."):
+        create_model("colossal")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU side of model.compile=auto")
+def test_compile_auto_is_off_on_the_cpu() -> None:
+    assert tiny_model(compile="auto")._compiled_call_impl is None
+
+
+@pytest.mark.slow  # ~50 s on 2 cores: inductor generates and builds C++ for the forward and backward graphs
+def test_compiled_and_eager_losses_agree_on_the_cpu() -> None:
+    video, mask = _batch()
+    dec = _targets(mask, 8)
+    eager, compiled = tiny_model(), tiny_model(compile=True)
+    for model in (eager, compiled):
+        loss, _ = model(video, mask, dec)
+        loss.backward()
+        model.loss = loss.detach()
+    torch.testing.assert_close(compiled.loss, eager.loss, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_model_compile_key_compiles_in_place_keeping_state_dict_keys() -> None:

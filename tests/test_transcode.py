@@ -105,13 +105,76 @@ def test_list_second_run_skips(tmp_path: Path) -> None:
     s1 = transcode_list(lst, out, FAST, workers=2, progress=False)
     assert (s1["done"], s1["skipped"], s1["failed"]) == (3, 0, 0)
     new = read_list(out / "train.csv")
-    assert [os.path.relpath(e.path, out) for e in new] == ["a.mp4", "b.mp4", "sub/c.mp4"]  # mirrored layout
+    # the layout of the sources, relative to the list's folder
+    assert [os.path.relpath(e.path, out) for e in new] == ["videos/a.mp4", "videos/b.mp4", "videos/sub/c.mp4"]
     assert [e.num_frames for e in new] == [24, 25, 26] and [e.label for e in new] == [0, 1, 2]
     mtimes = [os.stat(e.path).st_mtime_ns for e in new]
     s2 = transcode_list(lst, out, FAST, workers=0, progress=False)
     assert (s2["done"], s2["skipped"], s2["failed"]) == (0, 3, 0)
     assert [os.stat(e.path).st_mtime_ns for e in new] == mtimes
     assert read_list(out / "train.csv") == new
+
+
+def test_same_names_in_other_folders_and_lists_never_collide(tmp_path: Path) -> None:
+    """Train and val lists with the same file names, transcoded into one folder; x.avi beside x.mp4."""
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        (src / split / "run").mkdir(parents=True)
+        write_clip(src / split / "run" / "x.mp4", frames=20 if split == "train" else 22)
+    write_clip(src / "train" / "run" / "x.avi", "mpeg4", frames=24)
+    train = write_list(
+        src / "train.csv", [VideoEntry(str(src / "train" / "run" / n), 0, 0) for n in ("x.mp4", "x.avi")]
+    )
+    val = write_list(src / "val.csv", [VideoEntry(str(src / "val" / "run" / "x.mp4"), 0, 0)])
+    out = tmp_path / "out"
+    for lst in (train, val):
+        assert transcode_list(lst, out, FAST, workers=0, progress=False, out_list=out / lst.name)["done"] == len(
+            read_list(lst)
+        )
+    got = {os.path.relpath(e.path, out): e.num_frames for lst in ("train.csv", "val.csv") for e in read_list(out / lst)}
+    assert got == {"train/run/x.mp4": 20, "train/run/x.avi.mp4": 24, "val/run/x.mp4": 22}
+    assert all(decoded_frames(out / p)[0] == n for p, n in got.items())
+
+
+def test_a_rerun_with_other_settings_or_a_changed_source_redoes_the_file(tmp_path: Path) -> None:
+    lst = _make_list(tmp_path, ["a.mp4", "b.mp4"])
+    out = tmp_path / "out"
+    assert transcode_list(lst, out, FAST, workers=0, progress=False)["done"] == 2
+    a = out / "videos" / "a.mp4"
+    record = transcode.sidecar_path(a)
+    assert record.name == ".a.mp4.json" and '"gop": 8' in record.read_text()
+    assert transcode_list(lst, out, EncodeSettings(gop=8, preset="ultrafast", threads=2), workers=0,
+                          progress=False)["skipped"] == 2  # threads change the speed only  # fmt: skip
+    s = transcode_list(lst, out, EncodeSettings(gop=4, preset="ultrafast"), workers=0, progress=False)
+    assert (s["done"], s["skipped"]) == (2, 0)
+    assert decoded_frames(a)[1] == [0, 4, 8, 12, 16, 20]  # not the stale GOP-8 output
+    write_clip(tmp_path / "src" / "videos" / "b.mp4", frames=30)  # the source changed since
+    s = transcode_list(lst, out, EncodeSettings(gop=4, preset="ultrafast"), workers=0, progress=False)
+    assert (s["done"], s["skipped"]) == (1, 1) and decoded_frames(out / "videos" / "b.mp4")[0] == 30
+    record.unlink()  # an output without a record (killed before writing it) is redone
+    assert transcode_list(lst, out, EncodeSettings(gop=4, preset="ultrafast"), workers=0, progress=False)["done"] == 1
+
+
+def _gray(path: str | Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="gray") for f in c.decode(video=0)]
+
+
+def _box_x(gray: np.ndarray) -> float:
+    """Column of the white box's centre (it moves 3 px a frame)."""
+    return float(np.flatnonzero(gray.max(0) > 128).mean())
+
+
+def test_vp9_twins_hold_the_same_frames(tmp_path: Path) -> None:
+    lst = _make_list(tmp_path, ["a.mp4", "b.webm"])
+    s = transcode_list(lst, tmp_path / "out", EncodeSettings(gop=8, preset="ultrafast", vp9_twin=True), workers=0,
+                       progress=False)  # fmt: skip
+    assert s["done"] == 2
+    for e in read_list(s["list"]):
+        twin = Path(e.path).with_suffix(".webm")
+        h264, vp9 = _gray(e.path), _gray(twin)
+        assert len(h264) == len(vp9) == e.num_frames
+        assert np.allclose([_box_x(f) for f in h264], [_box_x(f) for f in vp9], atol=1.5)  # frame i = frame i
 
 
 def test_exception_midway_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,6 +237,9 @@ def test_bad_inputs_rejected_others_succeed(tmp_path: Path) -> None:
 def test_never_overwrites_a_source(tmp_path: Path) -> None:
     lst = _make_list(tmp_path, ["a.mp4", "b.webm"])
     before = (tmp_path / "src" / "videos" / "a.mp4").read_bytes()
-    s = transcode_list(lst, tmp_path / "src" / "videos", FAST, workers=0, progress=False, out_list=tmp_path / "new.csv")
-    assert s["by_reason"] == {"would_overwrite_source": 1} and s["done"] == 1
+    s = transcode_list(lst, tmp_path / "src", FAST, workers=0, progress=False, out_list=tmp_path / "new.csv")
+    assert s["by_reason"] == {"would_overwrite_source": 1} and s["done"] == 1  # a.mp4 would be its own output
+    twins = EncodeSettings(gop=8, preset="ultrafast", vp9_twin=True)  # b.mp4's twin would be b.webm, a source
+    s = transcode_list(lst, tmp_path / "src", twins, workers=0, progress=False, out_list=tmp_path / "new.csv")
+    assert s["by_reason"] == {"would_overwrite_source": 2} and s["done"] == 0
     assert (tmp_path / "src" / "videos" / "a.mp4").read_bytes() == before

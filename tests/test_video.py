@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from media_util import write_tone
 
+from mgm.prep.quirks import patch_avi_frames
 from mgm.prep.synth import EncodeSpec, encode, render_clip
 from mgm.video import (
     MV_DTYPE,
@@ -16,10 +17,11 @@ from mgm.video import (
     decode_frames,
     demux,
     frame_numbers,
+    frames_present,
     motion_vectors,
     open_video,
-    probe,
 )
+from mgm.video_probe import declared_end, probe
 
 FRAMES, GOP = 30, 12
 
@@ -48,6 +50,17 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["empty"] = d / "empty.mp4"
     out["empty"].write_bytes(b"")
     out["audio"] = write_tone(d / "tone.m4a")
+    for name, src in (("webm_cut", out["vp9"]), ("avi_cut", encode(frames, d / "m.avi", "mpeg4", EncodeSpec(gop=GOP)))):
+        out[name] = d / f"{name}{src.suffix}"  # cut at 60%: no index or error says so, only the size fields
+        out[name].write_bytes(src.read_bytes()[: len(src.read_bytes()) * 6 // 10])
+    out["avi"] = d / "m.avi"
+    out["pts_eq_dts"] = d / "pts_eq_dts.mp4"  # the B-frame clip muxed with pts = dts: timestamps in decode order
+    with av.open(str(out["bframes"])) as i, av.open(str(out["pts_eq_dts"]), "w") as o:
+        s_out = o.add_stream_from_template(i.streams.video[0])
+        for p in i.demux(video=0):
+            if p.dts is not None:
+                p.pts, p.stream = p.dts, s_out
+                o.mux(p)
     return out
 
 
@@ -61,6 +74,9 @@ def plain_decode(path: Path) -> tuple[list[np.ndarray], list[int]]:
 def test_frame_numbers_rank_timestamps_and_give_up_on_missing_or_repeated_ones() -> None:
     np.testing.assert_array_equal(frame_numbers([0, 3072, 1024, 2048, 4096]), [0, 3, 1, 2, 4])  # I P B B P
     np.testing.assert_array_equal(frame_numbers([-2, 5, 1]), [0, 2, 1])
+    # packets before an edit list's start are decoded but never shown: no number, the others rank without them
+    np.testing.assert_array_equal(frame_numbers([-2, 1, -1, 0], [True, False, True, False]), [-1, 1, -1, 0])
+    assert frame_numbers([0, 0, 1], [True, False, False]) is not None  # a repeat among discarded packets is fine
     assert frame_numbers([0, None, 2]) is None
     assert frame_numbers([0, 1, 1, 2]) is None
     assert frame_numbers([]) is None
@@ -162,3 +178,66 @@ def test_a_truncated_file_is_found_when_decoded(clips: dict[str, Path]) -> None:
         probe(path, decode=True)
     e = info.value
     assert e.reason == "truncated" and 0 < e.frames_read < FRAMES and str(path) in str(e)
+
+
+def test_timestamps_against_output_order_are_caught_and_frames_counted(clips: dict[str, Path]) -> None:
+    """pts == dts with B-frames: unique timestamps that contradict the output order. Reads renumber by counting
+    (FrameOrderError inside), so frame i is the i-th frame FFmpeg outputs, with or without a list count."""
+    path = clips["pts_eq_dts"]
+    ref, types = plain_decode(path)
+    assert 3 in types and len(ref) < FRAMES  # B-frames; the first packet lies before the edit list's start
+    info = probe(path, decode=True)
+    assert (info.frames, info.promised, info.pts_order) == (len(ref), FRAMES, False)  # the header is a hint
+    for num_frames in (None, len(ref)):
+        got = decode_frames(str(path), [3, 14, 15, len(ref) - 1], num_frames)
+        assert all(np.array_equal(rgb, ref[i]) for i, rgb in got.items()), num_frames
+    assert probe(clips["bframes"], decode=True).pts_order
+    # with the list's count a counted read need not start at the first packet: at an IDR picture, whose index is
+    # the packets before it that FFmpeg shows
+    with open_video(path) as c:
+        pk = demux(c, str(path), num_frames=len(ref), count=True)
+        first = pk.key_before(len(ref) - 1)
+        assert first > 0 and pk.packets[first].is_keyframe
+        got = list(pk.frames(first))
+    assert got[0][0] == info.key_frames[-1] and [i for i, _ in got] == list(range(got[0][0], len(ref)))
+    assert all(np.array_equal(to_ndarray(f), ref[i]) for i, f in got)
+
+
+@pytest.mark.parametrize("name", ["truncated", "webm_cut", "avi_cut"])
+def test_files_cut_short_are_truncated_only_when_a_read_fails(clips: dict[str, Path], name: str) -> None:
+    """MP4 and AVI cut mid-packet: the last packet reads short, `truncated`, naming the frames read. WebM cut
+    short: FFmpeg reads every block that is there without an error, so the file is kept with those frames; only
+    its Segment size (as the MP4 index and the AVI RIFF size do) says bytes are missing (`short_by`, a note)."""
+    path = clips[name]
+    with open_video(path) as c:
+        assert declared_end(c, path.read_bytes()[:256]) > path.stat().st_size
+    if name == "webm_cut":
+        info = probe(path, decode=True)
+        assert 0 < info.frames < FRAMES and info.short_by > 0
+        assert decode_frames(str(path), [info.frames - 1], info.frames)  # the readers agree
+    else:
+        with pytest.raises(VideoError) as err:
+            probe(path, decode=True)
+        assert err.value.reason == "truncated" and f"after {err.value.frames_read} frames" in err.value.detail
+    whole = {"truncated": clips["bframes"], "webm_cut": clips["vp9"], "avi_cut": clips["avi"]}[name]
+    with open_video(whole) as c:  # complete files say no more than they hold
+        assert 0 < declared_end(c, whole.read_bytes()[:256]) <= whole.stat().st_size
+    assert probe(whole, decode=True).short_by == 0
+
+
+def test_an_avi_header_promising_more_frames_is_only_a_hint(clips: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "lies.avi"
+    path.write_bytes(clips["avi"].read_bytes())
+    patch_avi_frames(path, 10)
+    info = probe(path, decode=True, mv_frames=3)
+    assert (info.frames, info.promised, info.has_mvs) == (FRAMES, 10 * FRAMES, True)  # MPEG-4: vectors, read
+
+
+def test_a_list_count_the_file_no_longer_holds_is_named(clips: dict[str, Path]) -> None:
+    with open_video(clips["bframes"]) as c:
+        assert frames_present(c, 5) == 5 + 16  # demuxing stops a reorder margin past the frames asked for
+    with open_video(clips["truncated"]) as c:
+        assert frames_present(c, FRAMES) < FRAMES
+    with pytest.raises(VideoError, match=f"holds {FRAMES} frames, its file list says {FRAMES + 5}") as info:
+        decode_frames(str(clips["bframes"]), [0], num_frames=FRAMES + 5)
+    assert info.value.reason == "changed"

@@ -13,11 +13,11 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mgm import video
+from mgm import video, video_probe
 
 VIDEO_EXTS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 
@@ -47,6 +47,8 @@ class ProbeResult:
     codec: str = ""
     size: tuple[int, int] = (0, 0)  # (H, W)
     has_mvs: bool = False
+    promised: int = 0  # frames the header promises (0: it says nothing); a hint, `num_frames` is the truth
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (kind, detail) of what `notes_for` found
 
 
 # --------------------------------------------------------------------------------------------- annotations
@@ -98,16 +100,24 @@ def ssv2_candidates(
     return out, bad
 
 
-def index_files(root: str | Path, exts: Sequence[str] = VIDEO_EXTS) -> dict[str, str]:
-    """Map file stem -> absolute path for every video under `root`, at any depth (flat or per-class layouts)."""
-    index: dict[str, str] = {}
+def video_files(root: str | Path, exts: Sequence[str] = VIDEO_EXTS) -> list[str]:
+    """Absolute paths of every video under `root`, at any depth, in a stable (sorted) order."""
+    out = []
     exts = tuple(e.lower() for e in exts)
     for dirpath, dirnames, filenames in os.walk(Path(root).resolve()):
         dirnames.sort()
-        for name in sorted(filenames):
-            stem, ext = os.path.splitext(name)
-            if ext.lower() in exts and not name.startswith("."):
-                index.setdefault(stem, os.path.join(dirpath, name))
+        out.extend(
+            os.path.join(dirpath, n) for n in sorted(filenames) if n.lower().endswith(exts) and not n.startswith(".")
+        )
+    return out
+
+
+def index_files(root: str | Path, exts: Sequence[str] = VIDEO_EXTS) -> dict[str, str]:
+    """Map file stem -> absolute path for every video under `root`, at any depth (flat or per-class layouts); of
+    files sharing a stem the first in `video_files` order wins (Kinetics names are unique clip ids)."""
+    index: dict[str, str] = {}
+    for path in video_files(root, exts):
+        index.setdefault(os.path.splitext(os.path.basename(path))[0], path)
     return index
 
 
@@ -171,9 +181,9 @@ def folder_candidates(
     if not classes:
         raise AnnotationError(f"{root} has no class subfolders (expected {root}/<class>/<video>)")
     out = []
-    for i, c in enumerate(classes):
-        for stem, path in sorted(index_files(root / c, exts).items()):
-            out.append(Candidate(path, i, f"{c}/{stem}"))
+    for i, c in enumerate(classes):  # every file, also two of one name in different subfolders
+        for path in video_files(root / c, exts):
+            out.append(Candidate(path, i, Path(path).relative_to(root).as_posix()))
     return out, list(classes)
 
 
@@ -183,14 +193,54 @@ def read_classes(path: str | Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- probing
+# Codecs DALI's GPU ("mixed") video decoder takes (its FramesDecoderGpu::GetCodecType), and the pixel formats
+# NVDEC decodes them in: H.264 and MPEG-4 only as 8-bit 4:2:0; HEVC, VP9, AV1 as 4:2:0 up to 12 bits.
+_NVDEC_CODECS = {"h264", "hevc", "mpeg4", "vp8", "vp9", "av1", "mjpeg"}
+_NVDEC_8BIT_420 = {"yuv420p", "yuvj420p", "nv12"}
+
+
+def nvdec_problem(codec: str, pix_fmt: str) -> str:
+    """Why DALI's GPU decoder cannot decode a stream of `codec` in `pix_fmt` ("" when it can)."""
+    if codec not in _NVDEC_CODECS:
+        return f"DALI's GPU decoder does not decode {codec}"
+    if codec in ("h264", "mpeg4") and pix_fmt not in _NVDEC_8BIT_420:
+        return f"NVDEC decodes {codec} as 8-bit 4:2:0 only, not {pix_fmt}"
+    if codec in ("hevc", "vp9", "av1") and not (pix_fmt in _NVDEC_8BIT_420 or pix_fmt.startswith(("yuv420p", "p01"))):
+        return f"NVDEC decodes {codec} as 4:2:0 only, not {pix_fmt}"
+    return ""
+
+
+def notes_for(info: video_probe.VideoInfo) -> list[tuple[str, str]]:
+    """What `lists` notes about a usable file: (kind, detail) with kind cut | header | timestamps | nvdec |
+    rotation."""
+    notes = []
+    if info.short_by:
+        cut = f"the container promises {info.short_by} bytes more than the file holds (an interrupted copy?), but "
+        notes.append(("cut", cut + f"every packet reads and decodes: kept with the {info.frames} frames there"))
+    if info.promised and info.promised != info.frames:
+        notes.append(("header", f"the header promises {info.promised} frames, {info.frames} decode (kept)"))
+    if not info.pts_order:
+        notes.append(("timestamps", "timestamps do not follow output order (pts == dts with B-frames, repeated "
+                      "timestamps or an edit list): read in output order here, but DALI's GPU decoder numbers "
+                      "frames by timestamp; transcode it for the GPU path"))  # fmt: skip
+    why = nvdec_problem(info.codec, info.pix_fmt)
+    if why:
+        notes.append(("nvdec", why + "; `mgm-prepare transcode` writes 8-bit 4:2:0 H.264"))
+    if info.rotation:
+        notes.append(("rotation", f"display rotation {info.rotation} degrees: frames are read as stored, unrotated"))
+    return notes
+
+
 def probe(path: str, mv_frames: int = 3) -> ProbeResult:
-    """Decode `path` fully (`mgm.video.probe`): frame count, codec, (H, W), and whether the first `mv_frames`
-    inter frames carry motion vectors. Never raises for a bad file: `ok` False and `reason` say why."""
+    """Decode `path` fully (`mgm.video_probe.probe`): frame count (the frames FFmpeg outputs), codec, (H, W), whether
+    the first `mv_frames` inter frames carry motion vectors, and the notes (`notes_for`). Never raises for a bad
+    file: `ok` False and `reason` say why."""
     try:
-        info = video.probe(path, decode=True, mv_frames=mv_frames)
+        info = video_probe.probe(path, decode=True, mv_frames=mv_frames)
     except video.VideoError as e:
         return ProbeResult(path, False, e.reason, e.detail, num_frames=e.frames_read)
-    return ProbeResult(path, True, num_frames=info.frames or 0, codec=info.codec, size=info.size, has_mvs=info.has_mvs)
+    return ProbeResult(path, True, num_frames=info.frames or 0, codec=info.codec, size=info.size, has_mvs=info.has_mvs,
+                       promised=info.promised or 0, notes=notes_for(info))  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- parallel map
@@ -263,6 +313,11 @@ def summarize(results: Iterable[ProbeResult], extra_rejects: Iterable[tuple[str,
     for r in ok:
         codecs[r.codec] = codecs.get(r.codec, 0) + 1
     frames = [r.num_frames for r in ok]
+    notes: dict[str, int] = {}
+    for r in ok:
+        for kind, _ in r.notes:
+            notes[kind] = notes.get(kind, 0) + 1
+    header = [r for r in ok if any(kind == "header" for kind, _ in r.notes)]
     return {
         "total": len(results) + len(extra_rejects),
         "ok": len(ok),
@@ -272,4 +327,8 @@ def summarize(results: Iterable[ProbeResult], extra_rejects: Iterable[tuple[str,
         "frames_min": min(frames, default=0),
         "frames_mean": round(sum(frames) / len(frames), 1) if frames else 0.0,
         "frames_max": max(frames, default=0),
+        "notes": notes,
+        "header_example": f"{Path(header[0].path).name}: promised {header[0].promised}, decoded {header[0].num_frames}"
+        if header
+        else "",
     }

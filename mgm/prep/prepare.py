@@ -3,6 +3,7 @@
 mgm-prepare synth     --out DIR --num N --seed S            synthetic clips + train.csv
 mgm-prepare lists     --format ssv2|k400|folder ... --out L  file list (path,label,num_frames) + rejects
 mgm-prepare transcode --list L --out DIR                     H.264, GOP 16, no B-frames; new list in DIR
+                      [--vp9-twins]                          + VP9 twins for DALI's CPU decoder
 mgm-prepare motion    --list L --out DIR                     motion-vector cache for `motion.source=cache`
 """
 
@@ -76,14 +77,31 @@ def cmd_lists(a: argparse.Namespace) -> int:
         w.writerows([r.path, r.reason, r.detail] for r in results if not r.ok)
     if classes:
         out.with_name(out.stem + ".classes.txt").write_text("".join(c + "\n" for c in classes))
+    notes = out.with_name(out.stem + ".notes.csv")
+    with notes.open("w", newline="") as f:  # kept files worth knowing about (header counts, DALI, rotation)
+        w = csv.writer(f)
+        w.writerow(["path", "note", "detail"])
+        w.writerows([r.path, kind, detail] for r in results if r.ok for kind, detail in r.notes)
     s = datasets.summarize(results, bad)
     rej = ", ".join(f"{k} {v}" for k, v in sorted(s["rejected"].items())) or "none"
     codecs = ", ".join(f"{k} {v}" for k, v in sorted(s["codecs"].items())) or "-"
+    n = s["notes"]
     print(
         f"lists: {s['ok']}/{s['total']} usable -> {out} | rejected: {rej} -> {rejects} | codecs: {codecs} | "
         f"frames min/mean/max {s['frames_min']}/{s['frames_mean']}/{s['frames_max']} | "
         f"without motion vectors: {s['without_mvs']}" + (" (run `mgm-prepare transcode`)" if s["without_mvs"] else "")
     )
+    if n:
+        print(
+            f"notes -> {notes}: header promised another frame count (kept with the frames that decode): "
+            f"{n.get('header', 0)}"
+            + (f" (e.g. {s['header_example']})" if s["header_example"] else "")
+            + f" | cut short, all that is there decodes: {n.get('cut', 0)}"
+            + f" | timestamps not in output order: {n.get('timestamps', 0)}"
+            f" | DALI's GPU decoder cannot decode: {n.get('nvdec', 0)}"
+            f" | rotated (read as stored): {n.get('rotation', 0)}"
+            + (" | `mgm-prepare transcode` fixes timestamps and formats" if n.keys() & {"timestamps", "nvdec"} else "")
+        )
     return 0 if s["ok"] else 1
 
 
@@ -92,7 +110,13 @@ def cmd_transcode(a: argparse.Namespace) -> int:
     from mgm.prep.transcode import EncodeSettings, transcode_list
 
     settings = EncodeSettings(
-        gop=a.gop, bframes=a.bframes, crf=a.crf, preset=a.preset, short_side=a.short_side, threads=a.threads
+        gop=a.gop,
+        bframes=a.bframes,
+        crf=a.crf,
+        preset=a.preset,
+        short_side=a.short_side,
+        threads=a.threads,
+        vp9_twin=a.vp9_twins,
     )
     try:
         s = transcode_list(a.list, a.out, settings, workers=a.workers, progress=not a.quiet, out_list=a.out_list)
@@ -159,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crf", type=int, default=23)
     s.add_argument("--preset", default="veryfast", help="x264 preset")
     s.add_argument("--threads", type=int, default=1, help="codec threads per file")
+    s.add_argument("--vp9-twins", action="store_true", help="also write VP9 .webm twins (DALI's CPU decoder)")
     s.add_argument("--workers", type=int, default=_default_workers())
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_transcode)

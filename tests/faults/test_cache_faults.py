@@ -13,14 +13,15 @@ from mgm.motion_cache import MotionCache, build_cache
 from mgm.prep.filelist import VideoEntry, write_list
 from mgm.prep.prepare import main
 
-from .cases import EXPECT, READABLE
+from .cases import EXPECT, GOOD_FRAMES, READABLE, SHORT_FRAMES
 
 FAILED = tuple(k for k in EXPECT if k not in READABLE)  # unreadable + missing
+FRAMES = {"too_short": SHORT_FRAMES, "odd_size": 40, "huge": 2}  # what `lists` counts for the readable ones
 
 
 @pytest.fixture(scope="module")
 def fault_list(fault_dir: Path, bad_videos: dict[str, Path]) -> Path:
-    entries = [VideoEntry(str(p), i, 48) for i, p in enumerate(bad_videos.values())]
+    entries = [VideoEntry(str(p), i, FRAMES.get(k, GOOD_FRAMES)) for i, (k, p) in enumerate(bad_videos.items())]
     return write_list(fault_dir / "cache_list.csv", entries + [VideoEntry(str(fault_dir / "good.mp4"), 99, 48)])
 
 
@@ -47,6 +48,13 @@ def test_build_cache_counts_failures_names_them_and_does_the_rest(
 
     again = build_cache(fault_list, out, workers=0, progress=False)  # a rerun retries only the failures
     assert (again["skipped"], again["done"], again["failed"]) == (len(READABLE) + 1, 0, len(FAILED))
+
+
+def test_a_stale_list_count_is_a_failure_naming_both_counts(fault_dir: Path, tmp_path: Path) -> None:
+    stale = write_list(tmp_path / "stale.csv", [VideoEntry(str(fault_dir / "good.mp4"), 0, GOOD_FRAMES + 12)])
+    s = build_cache(stale, tmp_path / "cache", workers=0, progress=False)
+    assert (s["done"], s["failed"]) == (0, 1)
+    assert f"holds {GOOD_FRAMES} frames, its file list says {GOOD_FRAMES + 12}" in Path(s["failures"]).read_text()
 
 
 def test_prepare_motion_cli_reports_the_counts(fault_list: Path, tmp_path: Path, capsys) -> None:
