@@ -15,7 +15,7 @@ the device when there is one: float32 clips are 4x the bytes to write, share and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -127,8 +127,10 @@ class ClipDataset(Dataset):
     straight into the batch; CpuLoader normalizes it (`normalize`).
     """
 
-    def __init__(self, sampler: ClipSampler, masks: MaskMaker, *, input_size: int) -> None:
-        self.sampler, self.masks, self.input_size = sampler, masks, input_size
+    def __init__(self, sampler: ClipSampler, masks: MaskMaker, *, input_size: int,
+                 augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> None:  # fmt: skip
+        """augment: fine-tuning's per-clip augmentation, (3, T, S, S) uint8 and ClipSpec.aug_seed -> the same."""
+        self.sampler, self.masks, self.input_size, self.augment = sampler, masks, input_size, augment
 
     def __len__(self) -> int:
         return len(self.sampler.paths)
@@ -189,6 +191,8 @@ class ClipDataset(Dataset):
             )
             for t, i in enumerate(spec.frame_indices.tolist()):
                 video[b, :, t].copy_(frames[i])
+            if self.augment is not None:
+                video[b] = self.augment(video[b], spec.aug_seed)
             masks.append(mask)
             decs.append(dec)
             meta.append([spec.video_index, spec.label, bad, first_bad])
@@ -243,11 +247,13 @@ class CpuLoader(LoaderBase):
         device: torch.device,
         output_dtype: str,
         max_bad_fraction: float,
+        augment: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
-        """`start_method` of the worker processes (see dali_pipes.workers.cpu_start_method); unused without workers."""
+        """`start_method` of the worker processes (see dali_pipes.workers.cpu_start_method); unused without workers.
+        `augment`: see ClipDataset (fine-tuning's RandAugment; None = none)."""
         super().__init__(sampler, device=device, output_dtype=output_dtype, max_bad_fraction=max_bad_fraction)
         self.mean, self.std = list(mean), list(std)
-        self.dataset = ClipDataset(sampler, masks, input_size=input_size)
+        self.dataset = ClipDataset(sampler, masks, input_size=input_size, augment=augment)
         self.loader = DataLoader(
             self.dataset,
             batch_sampler=_PlannedBatches(sampler),
@@ -257,6 +263,9 @@ class CpuLoader(LoaderBase):
             persistent_workers=num_workers > 0,  # keys carry the epoch, so workers never go stale
             multiprocessing_context=start_method if num_workers > 0 else None,
             prefetch_factor=2 if num_workers > 0 else None,
+            # its own generator: each iter() draws a worker base seed, which must not advance the global torch RNG
+            # (drop path, erasing): a resumed run creates one iterator more than an uninterrupted one
+            generator=torch.Generator(),
         )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

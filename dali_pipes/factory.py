@@ -11,6 +11,7 @@ torch is imported inside the functions: DALI's spawned workers import this packa
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import warnings
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dali_pipes.sampler import ClipSampler
+from dali_pipes.sampler import ClipSampler, EvalViews
 from dali_pipes.sources import MaskMaker, twin_path
 from dali_pipes.workers import check_main_guard, cpu_start_method
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from dali_pipes.adapter import LoaderBase
+    from dali_pipes.evaluation import EvalLoader
     from mgm.config import DataConfig
     from mgm.prep.filelist import VideoEntry
 
@@ -166,20 +168,50 @@ def output_dtype(d: DataConfig, dev: torch.device) -> str:
     return "float16" if dev.type == "cuda" else "float32"
 
 
-def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = "cpu") -> LoaderBase:
+TASKS = ("pretrain", "finetune", "eval")
+
+
+def build_loader(
+    cfg: Any,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    device: str = "cpu",
+    task: str = "pretrain",
+    list_path: str | None = None,
+    views: EvalViews | None = None,
+) -> LoaderBase | EvalLoader:
     """Loader for `cfg` (mgm.config.Config) on this rank: DALI GPU, DALI CPU (VP9 twins) or the CPU fallback.
 
+    task "pretrain": data.train_list, random views, masks from mask.*. "finetune": data.train_list with every
+    label checked against model.num_classes, fine-tuning's random views (finetune.temporal / crop /
+    rand_augment), and a motion-blind tube mask the classifier ignores (no motion is read). "eval": an EvalLoader
+    (dali_pipes.evaluation) over `list_path` (default finetune.val_list) in fixed `views` (default
+    finetune.test_clips x test_crops): every video once over the ranks, no augmentation, and unreadable or missing
+    videos named and excluded instead of stopping the run.
     Returns an iterable with __len__ (batches per epoch), set_epoch(e), state_dict()/load_state_dict(d),
     stats (dict) and as_tuples(layout=...); each batch is the dict described in dali_pipes.adapter, on `device`.
-    Raises mgm.config.ConfigError for a bad mask setting, FileNotFoundError when too many files are missing, and
-    RuntimeError when the calling script lacks the `if __name__ == "__main__":` guard its workers need.
+    Raises mgm.config.ConfigError for a bad mask setting, FileNotFoundError when too many files are missing,
+    FileListError for a label outside the head, and RuntimeError when the calling script lacks the
+    `if __name__ == "__main__":` guard its workers need.
     """
     import torch
 
     from dali_pipes.adapter import DaliLoader
+    from mgm.config import rand_augment_ops
+    from mgm.labels import read_labelled_list
     from mgm.prep.filelist import read_list
 
-    d, m, k = cfg.data, cfg.motion, cfg.mask
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: one of {', '.join(TASKS)}")
+    d, m, k, ft = cfg.data, cfg.motion, cfg.mask, cfg.finetune
+    if task == "eval":  # an unreadable or missing video is excluded and reported, never fatal
+        d = dataclasses.replace(d, max_bad_fraction=1.0)
+        views = views or EvalViews(ft.test_clips, ft.test_crops)
+    list_path = list_path or (ft.val_list if task == "eval" else d.train_list)
+    if task != "pretrain":  # the classifier needs no mask: a motion-blind one costs nothing and reads no motion
+        k = dataclasses.replace(k, name="tube", knobs={}, decoder_target_ratio=0.0)
+        m = dataclasses.replace(m, source="online")
     masks = MaskMaker(
         name=k.name,
         ratio=k.ratio,
@@ -193,7 +225,8 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
         decoder_name=k.decoder_name,
         decoder_target_ratio=k.decoder_target_ratio,
     )
-    path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, read_list(d.train_list))
+    listed = read_list(list_path) if task == "pretrain" else read_labelled_list(list_path, cfg.model.num_classes)
+    path, twins, entries = _files_on_disk(choose_path(d.loader, d.dali_device, device), d, listed)
     start_method = cpu_start_method() if path == "cpu" else "spawn"  # DALI's workers: see dali_pipes.graph
     if path != "cpu" or d.num_workers > 0:
         who = "The PyAV fallback's DataLoader workers" if path == "cpu" else "DALI's external-source workers"
@@ -210,14 +243,36 @@ def build_loader(cfg: Any, *, rank: int = 0, world_size: int = 1, device: str = 
         rank=rank,
         world_size=world_size,
         batch_size=d.batch_size,
+        **_view_kwargs(ft, task, views),
     )
     dev = torch.device(device)
     common = {"device": dev, "output_dtype": output_dtype(d, dev), "max_bad_fraction": d.max_bad_fraction}
+    ra = rand_augment_ops(ft.rand_augment) if task == "finetune" and ft.rand_augment else None
     if path == "cpu":
+        from dali_pipes.augment import ClipRandAugment
         from dali_pipes.cpu_loader import CpuLoader
 
-        return CpuLoader(sampler, masks, input_size=d.input_size, mean=d.mean, std=d.std, num_workers=d.num_workers,
-                         start_method=start_method, **common)  # fmt: skip
-    decoded = [twin_path(e.path, twins) for e in entries]
-    return DaliLoader(sampler, masks, kind=path, graph_kwargs=_graph_kwargs(d, path, dev, decoded), twin_suffix=twins,
-                      **common)  # fmt: skip
+        loader = CpuLoader(sampler, masks, input_size=d.input_size, mean=d.mean, std=d.std,
+                           num_workers=d.num_workers, start_method=start_method,
+                           augment=ClipRandAugment(*ra) if ra else None, **common)  # fmt: skip
+    else:
+        from dali_pipes.augment import magnitude_bin
+
+        decoded = [twin_path(e.path, twins) for e in entries]
+        graph = {**_graph_kwargs(d, path, dev, decoded), "rand_augment": (ra[0], magnitude_bin(ra[1])) if ra else None}
+        loader = DaliLoader(sampler, masks, kind=path, graph_kwargs=graph, twin_suffix=twins, **common)
+    if task != "eval":
+        return loader
+    from dali_pipes.evaluation import EvalLoader
+
+    kept = {e.path for e in entries}
+    return EvalLoader(loader, entries=entries, missing=[e.path for e in listed if e.path not in kept])
+
+
+def _view_kwargs(ft: Any, task: str, views: EvalViews | None) -> dict[str, Any]:
+    """The sampler's view options for `task`: pretraining's defaults, fine-tuning's random views, or fixed views."""
+    if task == "pretrain":
+        return {}
+    if task == "eval":
+        return {"temporal": ft.temporal, "views": views, "shuffle": False}
+    return {"temporal": ft.temporal, "crop": ft.crop, "crop_area": ft.crop_area, "crop_ratio": ft.crop_ratio}

@@ -75,6 +75,7 @@ def build_pipeline(
     bytes_per_sample: int | None = None,
     distinct: bool = True,
     seed: int = 0,
+    rand_augment: tuple[int, int] | None = None,
 ) -> Any:
     """Build (not start) the pipeline. `source` is a picklable DaliClipSource; mean/std in [0, 1] pixel units.
 
@@ -84,7 +85,8 @@ def build_pipeline(
     prepare ahead (DALI's default is 1: one slow sample then shows up as data wait); bytes_per_sample: the
     workers' shared-memory slot size hint (encoded file + arrays), None = DALI's guess. distinct=False asks the
     decoder for the clip's indices as they are, repeats included (the graph before it decoded each frame once;
-    kept to compare against).
+    kept to compare against). rand_augment (n ops, magnitude bin of 31): fine-tuning's DALI RandAugment after the
+    resize, one draw per clip for all its frames (None = off).
     Outputs in OUTPUTS order: video (3, T, S, S) `dtype` (on the GPU for "mixed"), mask (N,) bool (True =
     masked), meta (4,) int64, frame indices (T,) int32, mask seconds (1,) float32, decoder mask (N,) bool (True =
     reconstructed; (0,) when decoder masking is off).
@@ -107,6 +109,7 @@ def build_pipeline(
         exec_dynamic=True,  # outputs live as long as they are referenced: the adapter keeps them without a copy
         py_num_workers=py_num_workers,
         py_start_method="spawn",  # workers must not inherit a CUDA context
+        enable_conditionals=rand_augment is not None,  # auto_aug picks its ops with `if` on DataNodes
     )
     def clip_pipeline():  # noqa: ANN202 - DALI graph function
         outputs = fn.external_source(
@@ -121,6 +124,11 @@ def build_pipeline(
         frames, order = outputs[source.NUM_OUTPUTS :] if distinct else (idx, None)
         video = fn.decoders.video(enc, device=decode_device, frames=frames, pad_mode="none", **decoder_args)
         video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=[input_size, input_size])  # (U,S,S,3)
+        if rand_augment is not None:  # one draw per clip, the same ops on every frame: before the rearrange is cheaper
+            from nvidia.dali.auto_aug import rand_augment as ra
+
+            n, m = rand_augment
+            video = ra.rand_augment(video, n=n, m=m, shape=[input_size, input_size], fill_value=128, seed=seed)
         if distinct:
             video = fn.sequence_rearrange(video, new_order=order)  # (T, S, S, 3) uint8
         video = fn.crop_mirror_normalize(

@@ -21,6 +21,19 @@ Policies (stated once, here):
   box is placed at one of 13 fixed positions on a 4x4 step grid (corners, centre, edge midpoints, quarter
   points). The box is then resized to input_size x input_size by the loader.
 - Flip: horizontal, with probability 0.5 when `flip=True`.
+
+Fine-tuning adds (VideoMAE's fine-tuning recipe):
+- `temporal="segment"` (SSv2): TSN sampling, the video cut into T equal segments and one frame drawn in each, so a
+  clip spans the whole video whatever its length; `"stride"` (K400, and pretraining) is the clip above.
+- `crop="resized"`: torchvision's RandomResizedCrop rule (area share in `crop_area`, aspect ratio log-uniform in
+  `crop_ratio`, 10 tries, then the centre crop), the box again resized to input_size x input_size.
+- `views=EvalViews(clips, crops)`: evaluation. Every video once per rank set (no shuffle), each as clips x crops
+  fixed views: temporal clip k of n at start k/(n-1) of the free range (stride; the centre when n = 1) or at offset
+  (1/2 + k/n) mod 1 of every segment (segment: 1/2 and 0 for n = 2, as VideoMAE's SSv2 test); spatial crop j of m
+  is the short-side square at j/(m-1) along the long side (the centre when m = 1); no flip. Sample ids are
+  `video * clips * crops + view`; rank r takes videos r, r + world, ... (all their views), and its list is
+  padded to a multiple of batch_size by repeating its last sample: `real_samples` says how many are not padding,
+  so nothing is dropped or counted twice over the ranks.
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ import numpy as np
 
 SHORT_VIDEO_POLICIES = ("loop", "clamp")
 SHARD_POLICIES = ("drop", "pad")
+TEMPORAL_POLICIES = ("stride", "segment")
+CROP_POLICIES = ("multiscale", "resized")
 # 13 box positions of VideoMAE's GroupMultiScaleCrop (more_fix_crop), in units of (w_step, h_step).
 _FIX_OFFSETS = (
     (0, 0), (4, 0), (0, 4), (4, 4), (2, 2),
@@ -58,6 +73,19 @@ class ClipSpec:
     frame_indices: np.ndarray
     crop: tuple[int, int, int, int]
     flip: bool
+    aug_seed: int = 0  # seeds this sample's RandAugment draw (CPU fallback), so a resumed run augments alike
+
+
+@dataclass(frozen=True)
+class EvalViews:
+    """Fixed evaluation views per video: `clips` temporal clips x `crops` spatial crops (SSv2 2 x 3, K400 5 x 3)."""
+
+    clips: int = 1
+    crops: int = 1
+
+    @property
+    def count(self) -> int:
+        return self.clips * self.crops
 
 
 def clip_indices(
@@ -104,6 +132,62 @@ def multiscale_crop(
     return ox * w_step, oy * h_step, cw, ch
 
 
+def segment_indices(num_video_frames: int, num_frames: int, offsets: np.ndarray) -> np.ndarray:
+    """Frame indices (num_frames,) int32, one per equal segment of the video, at `offsets` (num_frames,) in [0, 1)."""
+    if num_video_frames < 1:
+        raise ValueError(f"video has {num_video_frames} frames")
+    tick = num_video_frames / num_frames
+    idx = np.floor(tick * (np.arange(num_frames) + offsets)).astype(np.int64)
+    return np.minimum(idx, num_video_frames - 1).astype(np.int32)
+
+
+def resized_crop(
+    frame_size: tuple[int, int], area: Sequence[float], ratio: Sequence[float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """RandomResizedCrop box (x, y, w, h) for a (H, W) frame: share of the area in `area`, w/h log-uniform in
+    `ratio`; after 10 misses the largest centred box with the ratio clamped into `ratio` (torchvision's rule)."""
+    h_img, w_img = frame_size
+    log_ratio = np.log(np.asarray(ratio, np.float64))
+    for _ in range(10):
+        target = h_img * w_img * rng.uniform(area[0], area[1])
+        aspect = float(np.exp(rng.uniform(log_ratio[0], log_ratio[1])))
+        w, h = round((target * aspect) ** 0.5), round((target / aspect) ** 0.5)
+        if 0 < w <= w_img and 0 < h <= h_img:
+            return int(rng.integers(0, w_img - w + 1)), int(rng.integers(0, h_img - h + 1)), w, h
+    in_ratio = w_img / h_img
+    if in_ratio < min(ratio):
+        w, h = w_img, round(w_img / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(h_img * max(ratio)), h_img
+    else:
+        w, h = w_img, h_img
+    return (w_img - w) // 2, (h_img - h) // 2, w, h
+
+
+def view_crop(frame_size: tuple[int, int], j: int, m: int) -> tuple[int, int, int, int]:
+    """Spatial test crop j of m: the short-side square at j/(m-1) along the long side (centred when m = 1)."""
+    h_img, w_img = frame_size
+    side = min(h_img, w_img)
+    at = (max(h_img, w_img) - side) * (j / (m - 1) if m > 1 else 0.5)
+    return (int(at), 0, side, side) if w_img >= h_img else (0, int(at), side, side)
+
+
+def view_indices(
+    num_video_frames: int, num_frames: int, stride: int, k: int, n: int, temporal: str, short_video: str
+) -> np.ndarray:
+    """Frame indices (num_frames,) int32 of temporal test clip k of n (see the module docstring)."""
+    if temporal == "segment":
+        return segment_indices(num_video_frames, num_frames, np.full(num_frames, (0.5 + k / n) % 1.0))
+    steps = stride * np.arange(num_frames, dtype=np.int64)
+    free = num_video_frames - int(steps[-1]) - 1
+    if free >= 0:
+        start = round(k * free / (n - 1)) if n > 1 else free // 2
+        return (start + steps).astype(np.int32)
+    if short_video == "loop":
+        return ((num_video_frames * k // n + steps) % num_video_frames).astype(np.int32)
+    return np.minimum(steps, num_video_frames - 1).astype(np.int32)
+
+
 class ClipSampler:
     """Deterministic, sharded, resumable sampler of ClipSpecs for one rank.
 
@@ -130,16 +214,33 @@ class ClipSampler:
         shuffle: bool = True,
         shard_policy: str = "drop",
         frame_size: Callable[[int], tuple[int, int]] | None = None,
+        temporal: str = "stride",
+        crop: str = "multiscale",
+        crop_area: Sequence[float] = (0.08, 1.0),
+        crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+        views: EvalViews | None = None,
     ) -> None:
+        """temporal / crop / crop_area / crop_ratio: the training view (module docstring); views: evaluation
+        mode (fixed views, every video, no shuffle, no flip; the training-view options except `temporal` unused)."""
+        if temporal not in TEMPORAL_POLICIES:
+            raise ValueError(f"temporal={temporal!r}: choose one of {TEMPORAL_POLICIES}")
+        if crop not in CROP_POLICIES:
+            raise ValueError(f"crop={crop!r}: choose one of {CROP_POLICIES}")
+        if views is not None and len(entries) < world_size:
+            raise ValueError(f"{len(entries)} videos to evaluate over {world_size} ranks: every rank needs one")
         if short_video not in SHORT_VIDEO_POLICIES:
             raise ValueError(f"short_video={short_video!r}: choose one of {SHORT_VIDEO_POLICIES}")
         if shard_policy not in SHARD_POLICIES:
             raise ValueError(f"shard_policy={shard_policy!r}: choose one of {SHARD_POLICIES}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.paths = [e.path for e in entries]
-        self.labels = np.array([e.label for e in entries], np.int64)
-        self.lengths = np.array([e.num_frames for e in entries], np.int64)
+        self.views = views
+        per = views.count if views else 1  # eval: one sample per (video, view), ids video * per + view
+        self.paths = [e.path for e in entries for _ in range(per)]
+        self.labels = np.repeat(np.array([e.label for e in entries], np.int64), per)
+        self.lengths = np.repeat(np.array([e.num_frames for e in entries], np.int64), per)
+        self.temporal, self.crop = temporal, crop
+        self.crop_area, self.crop_ratio = tuple(crop_area), tuple(crop_ratio)
         self.num_frames, self.stride, self.input_size = num_frames, stride, input_size
         self.crop_scales = tuple(float(s) for s in crop_scales)
         self.flip, self.short_video = flip, short_video
@@ -153,8 +254,17 @@ class ClipSampler:
                 "lower data.batch_size or add videos"
             )
 
+    @property
+    def real_samples(self) -> int:
+        """Samples of this rank's epoch that are not padding (evaluation pads; training drops instead)."""
+        if self.views is None:
+            return len(self)
+        return len(range(self.rank, len(self.paths) // self.views.count, self.world_size)) * self.views.count
+
     def __len__(self) -> int:
         """Samples per epoch on this rank (a multiple of batch_size)."""
+        if self.views is not None:
+            return -(-self.real_samples // self.batch_size) * self.batch_size
         n = len(self.paths)
         per_rank = n // self.world_size if self.shard_policy == "drop" else -(-n // self.world_size)
         return per_rank - per_rank % self.batch_size
@@ -165,8 +275,12 @@ class ClipSampler:
             self.epoch, self.position = epoch, 0
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """Video indices (len(self),) int64 this rank visits in `epoch`, in order."""
+        """Video indices (len(self),) int64 this rank visits in `epoch`, in order (sample ids in evaluation)."""
         n = len(self.paths)
+        if self.views is not None:
+            per = self.views.count
+            mine = (np.arange(self.rank, n // per, self.world_size)[:, None] * per + np.arange(per)).reshape(-1)
+            return np.concatenate([mine, np.full(len(self) - len(mine), mine[-1])]).astype(np.int64)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         if self.shard_policy == "pad":
             total = -(-n // self.world_size) * self.world_size
@@ -188,17 +302,26 @@ class ClipSampler:
         """
         rng = np.random.default_rng([self.seed, epoch, video_index, attempt])
         length = int(self.lengths[video_index]) if num_video_frames is None else num_video_frames
-        idx = clip_indices(length, self.num_frames, self.stride, rng, self.short_video)
+        common = {"video_index": int(video_index), "path": self.paths[video_index],
+                  "label": int(self.labels[video_index])}  # fmt: skip
+        if self.views is not None:
+            k, j = divmod(int(video_index) % self.views.count, self.views.crops)
+            idx = view_indices(length, self.num_frames, self.stride, k, self.views.clips, self.temporal,
+                               self.short_video)  # fmt: skip
+            return ClipSpec(**common, frame_indices=idx, crop=view_crop(frame_size, j, self.views.crops), flip=False)
+        if self.temporal == "segment":
+            idx = segment_indices(length, self.num_frames, rng.random(self.num_frames))
+        else:
+            idx = clip_indices(length, self.num_frames, self.stride, rng, self.short_video)
         pair_u, pos_u, flip_u = rng.random(3)
-        crop = multiscale_crop(frame_size, self.input_size, self.crop_scales, pair_u, pos_u)
-        return ClipSpec(
-            video_index=int(video_index),
-            path=self.paths[video_index],
-            label=int(self.labels[video_index]),
-            frame_indices=idx,
-            crop=crop,
-            flip=bool(self.flip and flip_u < 0.5),
-        )
+        if self.crop == "resized":
+            crop_rng = np.random.default_rng([self.seed, epoch, video_index, attempt, 3])
+            crop = resized_crop(frame_size, self.crop_area, self.crop_ratio, crop_rng)
+        else:
+            crop = multiscale_crop(frame_size, self.input_size, self.crop_scales, pair_u, pos_u)
+        aug_seed = int(np.random.default_rng([self.seed, epoch, video_index, attempt, 4]).integers(2**62))
+        return ClipSpec(**common, frame_indices=idx, crop=crop, flip=bool(self.flip and flip_u < 0.5),
+                        aug_seed=aug_seed)  # fmt: skip
 
     def replacement(self, epoch: int, video_index: int, attempt: int) -> int:
         """Video that stands in for a bad `video_index` on try `attempt` (1, 2, ...): a fixed seeded rule."""

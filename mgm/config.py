@@ -130,6 +130,30 @@ class DistConfig:
     backend: str = "auto"  # "nccl" | "gloo" | "auto"
 
 
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning, evaluation and linear probe (finetune.py; VideoMAE's fine-tuning recipe). Pretraining ignores it."""
+
+    val_list: str = ""  # evaluation list (CSV path,label,num_frames), e.g. data/ssv2/val.csv
+    temporal: str = "stride"  # clip frames: "stride" (data.stride apart; K400) | "segment" (one per T-th; SSv2)
+    crop: str = "resized"  # training crop: "resized" (RandomResizedCrop) | "multiscale" (pretraining's)
+    crop_area: list[float] = field(default_factory=lambda: [0.08, 1.0])  # "resized": share of the frame's area
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])  # "resized": box width / height
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # timm/VideoMAE --aa string (n ops, magnitude m of 10); "" = off
+    reprob: float = 0.25  # random erasing probability (one box through every frame)
+    mixup: float = 0.8  # mixup alpha (0 = off)
+    cutmix: float = 1.0  # cutmix alpha (0 = off)
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+    layer_decay: float = 0.75  # lr scale decay per block from the head down (1 = off)
+    test_clips: int = 2  # evaluation views per video: temporal clips x spatial crops, softmax averaged
+    test_crops: int = 3
+    probe_epochs: int = 100  # linear probe on cached frozen features
+    probe_lr: float = 1e-3
+    probe_batch_size: int = 256
+
+
 @dataclass(frozen=True)
 class Derived:
     """Numbers every part needs, computed once from the config."""
@@ -153,6 +177,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     profiling: ProfilingConfig = field(default_factory=ProfilingConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @functools.cached_property
     def derived(self) -> Derived:
@@ -175,6 +200,8 @@ _CHOICES = {
     "train.precision": ("bf16", "fp32", "auto"),
     "train.device": ("cuda", "cpu", "auto"),
     "dist.backend": ("nccl", "gloo", "auto"),
+    "finetune.temporal": ("stride", "segment"),
+    "finetune.crop": ("resized", "multiscale"),
 }
 
 
@@ -216,8 +243,23 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every": (1, None),
     "profiling.trace_steps": (0, None),
     "profiling.interval": (1, None),
+    "finetune.crop_area": (1e-3, 1.0),
+    "finetune.crop_ratio": (1e-2, 1e2),
+    "finetune.reprob": (0.0, 1.0),
+    "finetune.mixup": (0.0, None),
+    "finetune.cutmix": (0.0, None),
+    "finetune.mixup_prob": (0.0, 1.0),
+    "finetune.mixup_switch_prob": (0.0, 1.0),
+    "finetune.label_smoothing": (0.0, 1.0),
+    "finetune.layer_decay": (1e-3, 1.0),
+    "finetune.test_clips": (1, None),
+    "finetune.test_crops": (1, None),
+    "finetune.probe_epochs": (1, None),
+    "finetune.probe_lr": (0.0, None),
+    "finetune.probe_batch_size": (1, None),
 }
-_LENGTHS = {"data.mean": 3, "data.std": 3, "optim.betas": 2, "profiling.trace_steps": 2}
+_LENGTHS = {"data.mean": 3, "data.std": 3, "optim.betas": 2, "profiling.trace_steps": 2, "finetune.crop_area": 2,
+            "finetune.crop_ratio": 2}  # fmt: skip
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -398,6 +440,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         decoder_generator(cfg.mask.decoder_name, cfg.mask.decoder_target_ratio, gen)
     if isinstance(cfg.model.compile, str) and cfg.model.compile != "auto":
         raise ConfigError(f"model.compile: {cfg.model.compile!r} is not one of true, false, auto")
+    if cfg.finetune.rand_augment:
+        rand_augment_ops(cfg.finetune.rand_augment)
     return cfg
 
 
@@ -417,6 +461,26 @@ def resolve_compile(setting: bool | str, device_type: str) -> bool:
     """model.compile for a run on `device_type` ("cuda" | "cpu" | ...): true/false as given, "auto" = on CUDA only
     (on the CPU, compiling needs a C++ compiler and adds start-up time)."""
     return device_type == "cuda" if setting == "auto" else bool(setting)
+
+
+def rand_augment_ops(spec: str) -> tuple[int, int]:
+    """timm's RandAugment string ("rand-m7-n4-mstd0.5-inc1", VideoMAE's --aa) -> (ops per clip n, magnitude m of 10).
+
+    mstd (magnitude noise) and inc (timm's increasing-strength op variants) are accepted so VideoMAE's string reads
+    as is; torchvision's and DALI's RandAugment, which the loaders run, have neither (fixed magnitude).
+    """
+    parts = spec.split("-")
+    rest = [p for p in parts[1:] if not p.startswith(("mstd", "inc"))]
+    known = {p[0]: p[1:] for p in rest if p[:1] in ("m", "n")}
+    others = [p for p in rest if p[:1] not in ("m", "n")]
+    try:
+        n, m = int(known.get("n", "2")), int(known.get("m", "9"))
+    except ValueError:
+        n = m = -1
+    if parts[0] != "rand" or others or not (n >= 1 and 0 <= m <= 10):
+        raise ConfigError(f"finetune.rand_augment: {spec!r} is not a RandAugment string like rand-m7-n4-mstd0.5-inc1 "
+                          "(n ops >= 1, magnitude m in 0..10), or \"\" for none")  # fmt: skip
+    return n, m
 
 
 def mask_generator(name: str, ratio: float, grid: tuple[int, int, int], knobs: dict[str, Any]) -> Any:

@@ -93,13 +93,20 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(
-    model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    groups: list[dict[str, Any]] | None = None,
 ) -> tuple[torch.optim.Optimizer, str]:
     """apex FusedAdam (AdamW mode) on CUDA when apex is importable, else torch AdamW fused, else foreach.
 
-    Returns the optimizer and a name saying which one was built.
+    groups: parameter groups (default `param_groups(model, weight_decay)`). Returns the optimizer and a name
+    saying which one was built.
     """
-    groups = param_groups(model, weight_decay)
+    groups = param_groups(model, weight_decay) if groups is None else groups
     betas = (float(betas[0]), float(betas[1]))
     if device.type == "cuda":
         try:
@@ -190,6 +197,17 @@ class _Logger:
                 h.close()
 
 
+LossFn = Callable[[nn.Module, Batch, torch.device], torch.Tensor]  # (model, batch, device) -> scalar loss
+
+
+def masked_video_loss(net: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Pretraining's loss: the model's forward(video, mask[, decoder_mask]) -> (loss, pred)."""
+    # decoder masking (VideoMAE V2): the batch names the masked tokens to reconstruct; else all of them
+    dec = {"decoder_mask": batch["decoder_mask"].to(device, non_blocking=True)} if "decoder_mask" in batch else {}
+    loss, _ = net(batch["video"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True), **dec)
+    return loss
+
+
 def fit(
     model: nn.Module,
     loader: Loader,
@@ -201,10 +219,15 @@ def fit(
     dist: DistInfo | None = None,
     device: torch.device | None = None,
     log: Callable[[str], None] = print,
+    loss_fn: LossFn = masked_video_loss,
+    groups: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Train `model` (forward(video, mask) -> (loss, pred)) on `loader` until train.epochs or train.max_steps.
+    """Train `model` on `loader` until train.epochs or train.max_steps.
 
     batch_size: clips per process per micro-batch (data.batch_size); device: None = train.device for this rank.
+    loss_fn(net, batch, device): the loss of one micro-batch (default: pretraining's masked-video loss; fine-tuning
+    passes its classification loss). groups: the optimizer's parameter groups (default `param_groups`); a group's
+    "lr_scale" multiplies the scheduled lr (layer-wise lr decay).
     train.resume: "" (fresh), "auto" (newest checkpoint in out_dir/checkpoints, if any), a file or a folder.
     Returns a summary: steps, last/first logged loss, bad_loss count, optimizer name, last checkpoint path.
     """
@@ -216,7 +239,7 @@ def fit(
     net = wrap_model(raw, ddp=dist.world_size > 1, device=device)
     plan = plan_run(optim, train, batches_per_epoch=len(loader), batch_size=batch_size, world=dist.world_size)
     optimizer, opt_name = build_optimizer(
-        raw, lr=plan.peak_lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), device=device
+        raw, lr=plan.peak_lr, weight_decay=optim.weight_decay, betas=tuple(optim.betas), device=device, groups=groups
     )
     say(f"[engine] optimizer {opt_name}, peak lr {plan.peak_lr:.3g} (total batch {plan.total_batch}), device {device}")
     ckpts = Checkpoints(Path(train.out_dir) / "checkpoints", model=raw, optimizer=optimizer, loader=loader,
@@ -231,10 +254,11 @@ def fit(
         for batches in _step_batches(loader, loader_state, plan, progress, hook, say):
             step, lr = progress.step, plan.lr(progress.step)  # step: 0-based number of this optimizer step
             for g in optimizer.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             work = _work(batches, raw.num_tokens)
             with hook.step(**work):
-                loss, grad_norm = _optimizer_step(net, optimizer, batches, amp, hook, optim.clip_grad, device, dist)
+                loss, grad_norm = _optimizer_step(net, optimizer, batches, amp, hook, optim.clip_grad, device, dist,
+                                                  loss_fn)  # fmt: skip
             progress.advance(bad=not math.isfinite(loss))
             if not math.isfinite(loss):
                 say(f"[engine] step {step}: non-finite loss {loss}, step skipped ({progress.bad_loss} so far)")
@@ -333,6 +357,7 @@ def _optimizer_step(
     clip_grad: float,
     device: torch.device,
     dist: DistInfo,
+    loss_fn: LossFn = masked_video_loss,
 ) -> tuple[float, float]:
     """Forward/backward over the micro-batches, then clip and step unless the loss is non-finite.
 
@@ -345,10 +370,8 @@ def _optimizer_step(
         # Gradients are all-reduced once, on the last micro-batch.
         sync = i == accum - 1 or not isinstance(net, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else net.no_sync():
-            # decoder masking (VideoMAE V2): the batch names the masked tokens to reconstruct; else all of them
-            dec = {"decoder_mask": b["decoder_mask"].to(device, non_blocking=True)} if "decoder_mask" in b else {}
             with hook.phase("forward"), amp:
-                loss, _ = net(b["video"].to(device, non_blocking=True), b["mask"].to(device, non_blocking=True), **dec)
+                loss = loss_fn(net, b, device)
             with hook.phase("backward"):
                 (loss / accum).backward()
         total += loss.detach().float()
