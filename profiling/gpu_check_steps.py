@@ -280,9 +280,9 @@ def step_loader(a: argparse.Namespace, work: Path) -> Rows:
 
 def _nvml() -> Any:
     try:
-        from profiling.hooks import _GpuSampler
+        from profiling.gpu_sampler import GpuSampler
 
-        return _GpuSampler(0, 0.1)
+        return GpuSampler(0, 0.1)
     except Exception as e:  # no NVML: the row simply has no utilization columns
         print(f"[gpu_check] NVML unavailable ({type(e).__name__}: {e})", flush=True)
         return None
