@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mgm.config import DataConfig
+from mgm.contracts import NullHook
 from mgm.model import VideoMAEPretrain, create_model
 
 FRAMES, SIZE, RATIO = 4, 64, 0.75  # token grid (2, 4, 4): 32 tokens, 12 of 16 masked per slot
@@ -98,3 +99,16 @@ class FakeLoader:
                 "frame_indices": torch.arange(FRAMES, dtype=torch.int32).repeat(len(idx), 1),
                 "mask_time": torch.zeros(len(idx)),
             }
+
+
+class KillAt(NullHook):
+    """Stops the run (as a kill would) when the step numbered `at` starts."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.n = at, 0
+
+    def step(self, **kw: Any):  # type: ignore[override]
+        if self.n == self.at:
+            raise KeyboardInterrupt
+        self.n += 1
+        return super().step(**kw)

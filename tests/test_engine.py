@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from _fakes import FakeLoader, tiny_model
+from _fakes import FakeLoader, KillAt, tiny_model
 
 from mgm import checkpoint as ckpt
 from mgm.config import OptimConfig, TrainConfig
-from mgm.contracts import NullHook
 from mgm.engine import NonFiniteLossError, build_optimizer, fit, param_groups
 from mgm.lr_sched import lr_at
 from mgm.train_state import plan_run
@@ -77,19 +76,6 @@ def test_short_cpu_run_lowers_the_loss(tmp_path: Path) -> None:
     assert out["checkpoint"] and Path(out["checkpoint"]).is_file()
 
 
-class _Kill(NullHook):
-    """Stops the run (as a kill would) when the step numbered `at` starts."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.n = at, 0
-
-    def step(self, **kw: Any):  # type: ignore[override]
-        if self.n == self.at:
-            raise KeyboardInterrupt
-        self.n += 1
-        return super().step(**kw)
-
-
 @pytest.mark.parametrize("kill_at", [3, 4])  # 3: at an epoch boundary (3 steps per epoch); 4: mid-epoch
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path, kill_at: int) -> None:
     # drop_path draws from torch's RNG every step, so the RNG state must come back too.
@@ -99,7 +85,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path: Path, kill_
 
     run = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        _fit(tiny_model(drop_path=0.2), FakeLoader(6, 2), run, hook=_Kill(kill_at), **kw)
+        _fit(tiny_model(drop_path=0.2), FakeLoader(6, 2), run, hook=KillAt(kill_at), **kw)
     assert ckpt.list_checkpoints(run / "checkpoints")[-1].name == f"step_{kill_at:08d}.pt"
     torch.manual_seed(123)  # the restored RNG state, not this, must drive the rest of the run
     resumed = tiny_model(seed=99, drop_path=0.2)  # different init: everything must come from the checkpoint

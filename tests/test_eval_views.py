@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
+from _entries import entries
 
 from dali_pipes.sampler import ClipSampler, EvalViews, resized_crop, segment_indices, view_crop, view_indices
-
-
-@dataclass(frozen=True)
-class E:
-    path: str
-    label: int
-    num_frames: int
-
-
-def entries(n: int, frames: int = 60) -> list[E]:
-    return [E(f"v{i}.mp4", i % 5, frames) for i in range(n)]
 
 
 def sampler(n: int, **kw) -> ClipSampler:

@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from _fakes import KillAt
 from _ft_data import CLASSES, labelled_clips, tiny_config
 
 import finetune
 from mgm import checkpoint as ckpt
 from mgm.config import FinetuneConfig
-from mgm.contracts import NullHook
 from mgm.labels import read_labelled_list
 from mgm.prep.filelist import FileListError
 
@@ -119,19 +119,6 @@ def test_erasing_and_cutmix_cut_through_every_frame() -> None:
         loss_fn(net, {"video": clips[:3].clone(), "label": torch.tensor([0, 1, 2])}, torch.device("cpu"))
 
 
-class _Kill(NullHook):
-    """Stops the run (as a kill would) when the step numbered `at` starts."""
-
-    def __init__(self, at: int) -> None:
-        self.at, self.n = at, 0
-
-    def step(self, **kw: Any):  # type: ignore[override]
-        if self.n == self.at:
-            raise KeyboardInterrupt
-        self.n += 1
-        return super().step(**kw)
-
-
 def _finetune(cfg: Any, hook: Any = None, seed: int = 0) -> torch.nn.Module:
     """finetune.py's training part: loader with labels, the recipe's loss, layer-decay groups, engine.fit."""
     from dali_pipes import build_loader
@@ -157,7 +144,7 @@ def test_killed_and_resumed_finetune_ends_with_the_same_weights(clips: Path, tmp
     full = _finetune(tiny_config(subset, subset, tmp_path / "full", *recipe))
     run = tiny_config(subset, subset, tmp_path / "killed", *recipe)
     with pytest.raises(KeyboardInterrupt):
-        _finetune(run, hook=_Kill(3))
+        _finetune(run, hook=KillAt(3))
     assert ckpt.list_checkpoints(tmp_path / "killed" / "checkpoints")[-1].name == "step_00000003.pt"
     resumed = _finetune(tiny_config(subset, subset, tmp_path / "killed", *recipe, "train.resume=auto"), seed=7)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
