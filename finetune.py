@@ -110,7 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileListError) as e:
         print(f"finetune.py: {e}", file=sys.stderr)
         return 2
+    from mgm.checkpoint import CheckpointError
 
+    try:
+        return run(cfg, args)
+    except CheckpointError as e:  # model.init, --eval-only or train.resume names an unusable checkpoint
+        print(f"finetune.py: {e}", file=sys.stderr)
+        return 2
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    """Fine-tune, evaluate or probe as `args` says, with a checked `cfg`; 0 on success, 1 on a diverged run."""
     # Heavy imports after the cheap checks.
     from dali_pipes import build_loader
     from mgm.engine import NonFiniteLossError, fit, resolve_device, seed_everything, setup_distributed

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Heavy imports after the cheap checks: a typo in a key should not wait for torch and DALI.
     from dali_pipes import build_loader
+    from mgm.checkpoint import CheckpointError
     from mgm.engine import NonFiniteLossError, fit, resolve_device, seed_everything, setup_distributed
     from mgm.model import model_from_config
     from profiling.hooks import hook_from_config
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as e:
         print(f"train.py: stopped: {e}", file=sys.stderr)
         return 1
+    except CheckpointError as e:  # train.resume names a file that is not a usable checkpoint of this model
+        print(f"train.py: cannot resume (train.resume={cfg.train.resume}): {e}", file=sys.stderr)
+        return 2
     finally:
         if hook is not None:
             hook.close()

@@ -53,6 +53,14 @@ def test_finetune_cli_stops_on_a_bad_label_before_loading_anything(clips: Path, 
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_finetune_cli_names_an_unusable_init_checkpoint_and_exits_2(clips: Path, tmp_path: Path, capsys) -> None:
+    junk = tmp_path / "released.pth"
+    junk.write_bytes(b"\x80\x02not a pickle")
+    rc = finetune.main(["--cfg", "configs/demo_ft.yaml", *_tiny_args(clips, tmp_path / "run"), f"model.init={junk}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(junk) in err and "Traceback" not in err
+
+
 def test_clip_rand_augment_is_one_draw_for_every_frame() -> None:
     from dali_pipes.augment import ClipRandAugment, magnitude_bin
 

@@ -36,3 +36,15 @@ def test_tiny_run_writes_config_checkpoint_and_logs(synth_list: Path, tmp_path: 
     assert load_config(out / "config.yaml").data.input_size == 32
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt"))[-1].endswith("00000002.pt")
     assert (out / "log.jsonl").read_text().strip()
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint_names_it_and_exits_2(
+    synth_list: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    rc = train.main(["--cfg", DEMO, f"data.train_list={synth_list}", f"train.out_dir={tmp_path / 'run'}",
+                     "data.input_size=32", "data.batch_size=2", "data.num_workers=0", "data.loader=cpu",
+                     "train.max_steps=1", "model.size=tiny", "--resume", str(junk)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot resume" in err and str(junk) in err and "not a readable checkpoint" in err
