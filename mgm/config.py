@@ -2,16 +2,15 @@
 
 Every key is checked against the dataclasses below: an unknown key or a value of the wrong type raises
 `ConfigError` naming the key, where it came from (file or command line) and the closest valid keys.
-Numbers derived from the config (token grid, masked-token count) are computed once, in `Derived`.
+Numbers derived from the config (token grid, masked-token count) are computed once, in `Derived`. Turning YAML and
+override text into typed values (and the messages when that fails) lives in `mgm.config_parse`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +18,10 @@ from typing import Any
 
 import yaml
 
+from mgm.config_parse import ConfigError, closest, coerce, flatten, parse_override
+
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key and its source."""
 
 
 @dataclass
@@ -308,102 +305,25 @@ def derive(cfg: Config) -> Derived:
     )
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_args(tp):  # list[float] rather than list
-        return str(tp).replace("typing.", "")
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__}) in {source}")
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            try:
-                return _coerce(value, arm, key, source)
-            except ConfigError:
-                pass
-        raise bad
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise bad
-        return [_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad
-
-
-def _closest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=3, cutoff=0.5)
-    return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(options))}."
-
-
 def _set(cfg: Config, dotted: str, value: Any, source: str) -> None:
     parts = dotted.split(".")
     sections = [f.name for f in dataclasses.fields(Config)]
     if len(parts) != 2:
         every = [f"{s}.{f.name}" for s in sections for f in dataclasses.fields(getattr(cfg, s))]
-        raise ConfigError(f"'{dotted}' in {source}: keys have the form section.key.{_closest(dotted, every)}")
+        raise ConfigError(f"'{dotted}' in {source}: keys have the form section.key.{closest(dotted, every)}")
     section, key = parts
     if section not in sections:
-        raise ConfigError(f"unknown section '{section}' (key '{dotted}') in {source}.{_closest(section, sections)}")
+        raise ConfigError(f"unknown section '{section}' (key '{dotted}') in {source}.{closest(section, sections)}")
     obj = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if key not in fields:
-        raise ConfigError(f"unknown key '{dotted}' in {source}.{_closest(key, list(fields))}")
+        raise ConfigError(f"unknown key '{dotted}' in {source}.{closest(key, list(fields))}")
     hints = typing.get_type_hints(type(obj))
-    coerced = _coerce(value, hints[key], dotted, source)
+    coerced = coerce(value, hints[key], dotted, source)
     choices = _CHOICES.get(dotted)
     if choices and coerced not in choices:
         raise ConfigError(f"{dotted}: {coerced!r} in {source} is not one of {', '.join(choices)}")
     setattr(obj, key, coerced)
-
-
-def _flatten(tree: Any, source: str) -> list[tuple[str, Any]]:
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(tree).__name__}")
-    items = []
-    for section, body in tree.items():
-        if not isinstance(body, dict):
-            raise ConfigError(f"'{section}' in {source}: a section must be a mapping of keys, got {body!r}")
-        items += [(f"{section}.{key}", value) for key, value in body.items()]
-    return items
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`section.key=value` -> (dotted key, value parsed as YAML: 3 -> int, true -> bool, [1,2] -> list)."""
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' on the command line: expected section.key=value")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override '{text}' on the command line: expected section.key=value, the key is empty")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, RecursionError) as e:
-        raise ConfigError(f"override '{text}' on the command line: value is not valid YAML ({e})") from None
-    return key.strip(), value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -421,7 +341,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             tree = yaml.safe_load(text) or {}
         except (yaml.YAMLError, RecursionError) as e:  # RecursionError: absurdly deep nesting
             raise ConfigError(f"{path}: not valid YAML ({str(e)[:500]})") from None
-        for key, value in _flatten(tree, str(path)):
+        for key, value in flatten(tree, str(path)):
             _set(cfg, key, value, str(path))
     for text in overrides:
         key, value = parse_override(text)
@@ -498,9 +418,9 @@ def mask_generator(name: str, ratio: float, grid: tuple[int, int, int], knobs: d
     for key, value in knobs.items():
         if key not in valid:
             takes = f"takes the knobs {', '.join(valid)}" if valid else "takes no knobs"
-            hint = _closest(str(key), valid) if valid else ""
+            hint = closest(str(key), valid) if valid else ""
             raise ConfigError(f"unknown key 'mask.knobs.{key}': mask.name={name} {takes}.{hint}")
-        _coerce(value, hints[key], f"mask.knobs.{key}", "the config")
+        coerce(value, hints[key], f"mask.knobs.{key}", "the config")
     try:
         return build_masking(name, ratio, grid, **knobs)
     except ValueError as e:
