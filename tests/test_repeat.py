@@ -197,3 +197,28 @@ def test_fallback_ranks_split_the_videos(synth_list: Path) -> None:
         seen.append(torch.cat([b["index"] for b in batches]).tolist())
     assert all(s[0::2] == s[1::2] for s in seen)
     assert not set(seen[0]) & set(seen[1]) and sorted(set(seen[0]) | set(seen[1])) == [0, 1, 2, 3]
+
+
+def test_far_apart_clips_skip_the_gap_at_a_key_frame(synth_clips: dict[str, Path], monkeypatch) -> None:
+    """The union of two clips 40 frames apart (GOP 16): the decode restarts at the key frame before the second clip
+    instead of decoding the frames between them, and gives the same pixels."""
+    import mgm.video as video
+
+    path = str(synth_clips["pan"])
+    wanted = [2, 4, 6, 48, 50, 52]
+    counted: list[int] = []
+    real = video.decode_packets
+
+    def counting(cc, packets, skip_keys=False):  # noqa: ANN001, ANN202 - a spy around mgm.video.decode_packets
+        for out in real(cc, packets, skip_keys):
+            counted.append(1)
+            yield out
+
+    monkeypatch.setattr(video, "decode_packets", counting)
+    skipped = video.decode_frames(path, wanted)
+    n_skip = len(counted)
+    counted.clear()
+    monkeypatch.setattr(video, "SEEK_LEAP", 10**6)  # decode straight through
+    through = video.decode_frames(path, wanted)
+    assert sorted(skipped) == wanted and all(np.array_equal(skipped[i], through[i]) for i in wanted)
+    assert len(counted) == 53 and n_skip == (6 + 1) + (52 - 48 + 1)  # frames 0..52 vs 0..6 and 48..52

@@ -88,3 +88,20 @@ def test_dali_resume_mid_epoch_with_repeat(synth_list: Path) -> None:
     assert len(again) == 1
     for name in ("video", "mask", "decoder_mask", "index", "frame_indices"):
         assert torch.equal(again[0][name], rest[0][name]), name
+
+
+@pytest.mark.gpu
+def test_nvdec_repeat_clip_0_matches_r1_and_the_fallbacks_plan(synth_list: Path) -> None:
+    # the GPU path of the same graph: the union decoded once by NVDEC, each clip cut, resized and flipped on the GPU
+    gpu = ("data.dali_device=gpu", "data.num_workers=2")
+    two = run_epoch(build_loader(cfg(synth_list, 2, "dali", *gpu), device="cuda"), 1)
+    one = run_epoch(build_loader(cfg(synth_list, 1, "dali", *gpu), device="cuda"), 1)
+    cpu = run_epoch(build_loader(cfg(synth_list, 2, "cpu", "data.num_workers=0")), 1)
+    assert len(two) == len(cpu) == 2 and two[0]["video"].is_cuda
+    for g, c in zip(two, cpu, strict=True):
+        for name in ("index", "frame_indices", "mask", "decoder_mask"):
+            assert torch.equal(g[name].cpu(), c[name]), name
+        near = (g["video"].cpu() - c["video"]).abs().mean(dim=(1, 2, 3, 4))  # NVDEC vs PyAV on the same H.264
+        assert near.max() < 0.05, near
+    r2 = torch.cat([b["video"] for b in two])[0::2]
+    torch.testing.assert_close(r2, one[0]["video"], atol=1e-2, rtol=0)  # same frames, boxes and flips as R = 1
