@@ -147,12 +147,13 @@ class ClipDataset(Dataset):
         idx = [s.spec(epoch, vi, (1, 1), attempt, repeat=r).frame_indices for r in range(repeat)]
         wanted = [set(i.tolist()) for i in idx]
         resizers: dict[tuple[int, int], list[ClipResizer]] = {}
+        specs_of: dict[tuple[int, int], list[ClipSpec]] = {}
 
         def add(i: int, rgb: np.ndarray) -> None:  # the crop boxes need the frame size: known at the first frame
             size = rgb.shape[:2]
             if size not in resizers:
-                specs = [s.spec(epoch, vi, size, attempt, repeat=r) for r in range(repeat)]
-                resizers[size] = [ClipResizer(self.input_size, c.crop, c.flip) for c in specs]
+                specs_of[size] = [s.spec(epoch, vi, size, attempt, repeat=r) for r in range(repeat)]
+                resizers[size] = [ClipResizer(self.input_size, c.crop, c.flip) for c in specs_of[size]]
             for r, resizer in enumerate(resizers[size]):
                 if i in wanted[r]:
                     resizer.add(i, rgb)
@@ -178,7 +179,7 @@ class ClipDataset(Dataset):
             raise BadVideoError(f"{path}: frames {missing[:4]} not decoded (of {listed} listed)")
         if len(resizers) > 1:
             raise BadVideoError(f"{path}: the frame size changes within the clip ({sorted(resizers)})")
-        specs = [s.spec(epoch, vi, next(iter(resizers)), attempt, repeat=r) for r in range(repeat)]
+        specs = specs_of[next(iter(resizers))]
         t0 = time.perf_counter()
         try:
             motion = field if online else masks.read_motion(specs, listed)

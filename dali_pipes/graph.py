@@ -21,8 +21,9 @@ iterator does.
 
 Repeated sampling (data.repeat = R > 1): a sample is one video and its R clips (dali_pipes.sources.DaliClipSource),
 so the pipeline's batch is batch_size / R videos. The source reads and checks the file once and hands the bytes
-once; the decoder gets the sorted union of the R clips' frames and decodes it in one forward pass (a frame two
-clips share is decoded once; a gap between them is decoded through, or skipped by a seek to a later key frame).
+once; the decoder gets the sorted union of the R clips' frames and decodes it in one forward pass: a frame two
+clips share is decoded once, and a gap between clips is decoded through unless it is more than 10 frames long and
+holds a key frame, which DALI's decoder then seeks to (FramesDecoderBase::SeekFrame; the fallback does the same).
 Then, per clip, `sequence_rearrange` picks its T frames out of the union (a gather of uint8 frames; on the GPU
 path a device copy), `resize` applies its own crop box and `crop_mirror_normalize` its flip, and `stack` joins
 the R clips: (R, 3, T, S, S) per video, which the adapter views as R consecutive clips of the batch. What it
