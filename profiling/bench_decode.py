@@ -189,7 +189,8 @@ def main() -> None:
         rows_to_run["torchcodec (H.264, decode only)"] = torchcodec_loader
     except Exception:  # not installed, or its FFmpeg libraries are missing
         pass
-    for label, real_csv in real_lists([n for n in args.real.split(",") if n], Path(args.data) / "real").items():
+    real_names = [n for n in args.real.split(",") if n]
+    for label, real_csv in (real_lists(real_names, Path(args.data) / "real") if real_names else {}).items():
         real = read_list(real_csv)
         rows_to_run[f"cpu fallback ({label})"] = ours("cpu", "tube", real_csv)
         rows_to_run[f"cpu fallback ({label}) +mgm"] = ours("cpu", "mgm", real_csv)
