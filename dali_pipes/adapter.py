@@ -178,6 +178,12 @@ class LoaderBase:
         return batch
 
 
+def _clips(x: Any, repeat: int) -> Any:
+    """(B / R, R, ...) per-video outputs of a repeated-sampling graph -> (B, ...) clips, video-major (a view);
+    `x` as it is when repeat = 1."""
+    return x if repeat == 1 else x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 class DaliLoader(LoaderBase):
     """Batches from the DALI graph (dali_pipes.graph) fed by DaliClipSource workers.
 
@@ -214,7 +220,9 @@ class DaliLoader(LoaderBase):
         # float16 out of DALI for a bfloat16 batch too (crop_mirror_normalize has no bfloat16): half the bytes,
         # and the one cast in _batch is the batch's only copy
         dali_dtype = "float32" if self.dtype == torch.float32 else "float16"
-        self._pipe = build_pipeline(source, batch_size=self.batch_size, dtype=dali_dtype, **self.graph_kwargs)
+        # data.repeat = R: DALI's samples are videos, R clips each (dali_pipes.graph), B / R of them per batch
+        self._pipe = build_pipeline(source, batch_size=self.batch_size // s.repeat, dtype=dali_dtype,
+                                    repeat=s.repeat, **self.graph_kwargs)  # fmt: skip
         self._pipe.build()
         self._pipe_at = (s.epoch, s.position)
 
@@ -251,10 +259,11 @@ class DaliLoader(LoaderBase):
                 self._lost_batch(e)
                 continue
             self._lost_in_a_row = 0
-            meta_np = np.array(meta.as_tensor())
-            batch = self._batch(self._to_torch(video), np.array(mask.as_tensor()), meta_np,
-                                np.array(idx.as_tensor()), np.array(secs.as_tensor()),
-                                np.array(dec.as_tensor()))  # fmt: skip
+            meta_np = _clips(np.array(meta.as_tensor()), s.repeat)
+            batch = self._batch(_clips(self._to_torch(video), s.repeat), _clips(np.array(mask.as_tensor()), s.repeat),
+                                meta_np, _clips(np.array(idx.as_tensor()), s.repeat),
+                                _clips(np.array(secs.as_tensor()), s.repeat),
+                                _clips(np.array(dec.as_tensor()), s.repeat))  # fmt: skip
             self._account(meta_np, batch["mask_time"].numpy())
             self._pipe_at = (s.epoch, s.position)
             yield batch
@@ -273,7 +282,7 @@ class DaliLoader(LoaderBase):
         """Count and name the failed batch's files (which may stop the run), then rebuild past the batch."""
         s = self.sampler
         planned = s.epoch_indices(s.epoch)[s.position : s.position + self.batch_size]
-        names = ", ".join(s.paths[i] for i in planned)
+        names = ", ".join(dict.fromkeys(s.paths[i] for i in planned))  # a video once, not once per clip
         self.stats["failed_batches"] += 1
         self._lost_in_a_row += 1
         s.position += len(planned)

@@ -135,69 +135,83 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sampler.paths)
 
-    def _load(self, epoch: int, vi: int, attempt: int) -> tuple[dict[int, torch.Tensor], ClipSpec, tuple, float]:
+    def _load(self, epoch: int, vi: int, attempt: int) -> tuple[list[dict[int, torch.Tensor]], list[ClipSpec],
+                                                                  list[tuple], float]:  # fmt: skip
+        """Video `vi`'s clips (data.repeat of them) from one decode of the union of their frames: per clip its
+        {frame: (3, S, S) uint8}, spec and (mask, decoder mask); mask seconds per clip."""
         from mgm.motion import read_span, span_of
 
-        s, masks = self.sampler, self.masks
+        s, masks, repeat = self.sampler, self.masks, self.sampler.repeat
         path, listed = s.paths[vi], int(s.lengths[vi])
-        idx = s.spec(epoch, vi, (1, 1), attempt).frame_indices  # the indices do not depend on the frame size
-        resizers: dict[tuple[int, int], ClipResizer] = {}
+        # the indices do not depend on the frame size
+        idx = [s.spec(epoch, vi, (1, 1), attempt, repeat=r).frame_indices for r in range(repeat)]
+        wanted = [set(i.tolist()) for i in idx]
+        resizers: dict[tuple[int, int], list[ClipResizer]] = {}
+        specs_of: dict[tuple[int, int], list[ClipSpec]] = {}
 
-        def add(i: int, rgb: np.ndarray) -> None:  # the crop box needs the frame size: known at the first frame
+        def add(i: int, rgb: np.ndarray) -> None:  # the crop boxes need the frame size: known at the first frame
             size = rgb.shape[:2]
             if size not in resizers:
-                spec = s.spec(epoch, vi, size, attempt)
-                resizers[size] = ClipResizer(self.input_size, spec.crop, spec.flip)
-            resizers[size].add(i, rgb)
+                specs_of[size] = [s.spec(epoch, vi, size, attempt, repeat=r) for r in range(repeat)]
+                resizers[size] = [ClipResizer(self.input_size, c.crop, c.flip) for c in specs_of[size]]
+            for r, resizer in enumerate(resizers[size]):
+                if i in wanted[r]:
+                    resizer.add(i, rgb)
 
+        union = np.unique(np.concatenate(idx))
         online = masks.needs_motion and masks.motion_source == "online"
         try:
-            if online:  # one decode for the pixels and the motion vectors of the span
-                start, stop = span_of(idx, listed)
-                start, stop = min(start, int(idx.min())), max(stop, int(idx.max()) + 1)
+            if online:  # one decode for the pixels and the motion vectors of the span (of every clip)
+                spans = [span_of(i, listed) for i in idx]
+                start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+                start, stop = min(start, int(union[0])), max(stop, int(union[-1]) + 1)
                 field, _ = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
-                                     keep=np.unique(idx).tolist(), on_frame=add, num_frames=listed)  # fmt: skip
+                                     keep=union.tolist(), on_frame=add, num_frames=listed)  # fmt: skip
             else:  # no motion needed here (cache or a motion-blind mask): a plain decode is cheaper
                 field = None
-                for i, frame in iter_frames(path, idx, num_frames=listed):
+                for i, frame in iter_frames(path, union, num_frames=listed):
                     add(i, to_rgb(frame))
-            frames = {i: f for r in resizers.values() for i, f in r.result().items()}
+            frames = [{i: f for rs in resizers.values() for i, f in rs[r].result().items()} for r in range(repeat)]
         except Exception as e:  # MotionReadError, VideoError, a vanished file: name it and move on
             raise BadVideoError(f"{path}: decode failed ({type(e).__name__}: {e})") from None
-        missing = sorted(set(idx.tolist()) - set(frames))
+        missing = sorted(set(union.tolist()) - {i for f in frames for i in f})
         if missing:
             raise BadVideoError(f"{path}: frames {missing[:4]} not decoded (of {listed} listed)")
         if len(resizers) > 1:
             raise BadVideoError(f"{path}: the frame size changes within the clip ({sorted(resizers)})")
-        spec = s.spec(epoch, vi, next(iter(resizers)), attempt)
+        specs = specs_of[next(iter(resizers))]
         t0 = time.perf_counter()
         try:
-            motion = field if online else masks.read_motion(spec, listed)
-            pair = masks.make_pair(spec, epoch, motion)  # (mask, decoder mask or None)
+            motion = field if online else masks.read_motion(specs, listed)
+            pairs = [masks.make_pair(c, epoch, motion) for c in specs]  # (mask, decoder mask or None) per clip
         except Exception as e:
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
-        return frames, spec, pair, time.perf_counter() - t0
+        return frames, specs, pairs, (time.perf_counter() - t0) / repeat
 
     def __getitems__(self, keys: Sequence[tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """Batch of `keys` (epoch, video_index): video (B, 3, T, S, S) uint8, mask (B, N) bool (True = masked),
-        meta (B, 4) int64 [video, label, bad reads, first bad video or -1], frame_indices (B, T) int32,
-        mask_time (B,) float32; with decoder masking also decoder_mask (B, N) bool (True = reconstructed)."""
+        """Batch of `keys` (epoch, video_index), data.repeat clips per key, a video's clips in a row: video
+        (B, 3, T, S, S) uint8, mask (B, N) bool (True = masked), meta (B, 4) int64 [video, label, bad reads, first
+        bad video or -1], frame_indices (B, T) int32, mask_time (B,) float32; with decoder masking also
+        decoder_mask (B, N) bool (True = reconstructed)."""
         n, size = self.sampler.num_frames, self.input_size
-        video = _new_batch((len(keys), 3, n, size, size))
+        video = _new_batch((len(keys) * self.sampler.repeat, 3, n, size, size))
         masks, decs, meta, indices, secs = [], [], [], [], []
-        for b, (epoch, vi) in enumerate(keys):
-            (frames, spec, (mask, dec), sec), bad, first_bad = with_replacement(
+        b = 0
+        for epoch, vi in keys:
+            (frames, specs, pairs, sec), bad, first_bad = with_replacement(
                 self.sampler, epoch, vi, lambda v, a, e=epoch: self._load(e, v, a)
             )
-            for t, i in enumerate(spec.frame_indices.tolist()):
-                video[b, :, t].copy_(frames[i])
-            if self.augment is not None:
-                video[b] = self.augment(video[b], spec.aug_seed)
-            masks.append(mask)
-            decs.append(dec)
-            meta.append([spec.video_index, spec.label, bad, first_bad])
-            indices.append(spec.frame_indices.astype(np.int32))
-            secs.append(sec)
+            for clip, spec, (mask, dec) in zip(frames, specs, pairs, strict=True):
+                for t, i in enumerate(spec.frame_indices.tolist()):
+                    video[b, :, t].copy_(clip[i])
+                if self.augment is not None:
+                    video[b] = self.augment(video[b], spec.aug_seed)
+                masks.append(mask)
+                decs.append(dec)
+                meta.append([spec.video_index, spec.label, bad, first_bad])
+                indices.append(spec.frame_indices.astype(np.int32))
+                secs.append(sec)
+                b += 1
         batch = {
             "video": video,
             "mask": torch.from_numpy(np.stack(masks)),
@@ -214,7 +228,8 @@ class ClipDataset(Dataset):
 
 
 class _PlannedBatches:
-    """Batch sampler: the rest of the sampler's current epoch, as lists of (epoch, video_index) keys."""
+    """Batch sampler: the rest of the sampler's current epoch, as lists of (epoch, video_index) keys, one per video
+    read (batch_size / data.repeat of them: each gives data.repeat clips)."""
 
     def __init__(self, sampler: ClipSampler) -> None:
         self.sampler = sampler
@@ -223,9 +238,11 @@ class _PlannedBatches:
         return (len(self.sampler) - self.sampler.position) // self.sampler.batch_size
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        s, b = self.sampler, self.sampler.batch_size
-        order = s.epoch_indices(s.epoch)
-        for p in range(s.position, len(order) - b + 1, b):
+        s = self.sampler
+        if s.position % s.repeat:
+            raise ValueError(f"sampler position {s.position} is not at a video's first clip (data.repeat={s.repeat})")
+        b, order = s.batch_size // s.repeat, s.epoch_videos(s.epoch)
+        for p in range(s.position // s.repeat, len(order) - b + 1, b):
             yield [(s.epoch, int(v)) for v in order[p : p + b]]
 
 

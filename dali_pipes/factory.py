@@ -189,6 +189,8 @@ def build_loader(
     (dali_pipes.evaluation) over `list_path` (default finetune.val_list) in fixed `views` (default
     finetune.test_clips x test_crops): every video once over the ranks, no augmentation, and unreadable or missing
     videos named and excluded instead of stopping the run.
+    data.repeat = R (pretrain, finetune) reads each video once for R clips (dali_pipes.sampler): a batch holds
+    data.batch_size / R videos, an epoch R x the videos in clips and steps.
     Returns an iterable with __len__ (batches per epoch), set_epoch(e), state_dict()/load_state_dict(d),
     stats (dict) and as_tuples(layout=...); each batch is the dict described in dali_pipes.adapter, on `device`.
     Raises mgm.config.ConfigError for a bad mask setting, FileNotFoundError when too many files are missing,
@@ -243,6 +245,7 @@ def build_loader(
         rank=rank,
         world_size=world_size,
         batch_size=d.batch_size,
+        repeat=1 if task == "eval" else d.repeat,  # fixed views are each taken once
         **_view_kwargs(ft, task, views),
     )
     dev = torch.device(device)

@@ -21,6 +21,12 @@ Policies (stated once, here):
   box is placed at one of 13 fixed positions on a 4x4 step grid (corners, centre, edge midpoints, quarter
   points). The box is then resized to input_size x input_size by the loader.
 - Flip: horizontal, with probability 0.5 when `flip=True`.
+- Repeated sampling (`repeat=R`, VideoMAE V2's num_sample, MAE-ST's repeated augmentation): each video of the epoch
+  gives R clips, consecutive samples, each with its own draw of start, crop, flip and mask (ClipSpec.repeat =
+  0..R-1; clip 0 is the clip the video gives with R = 1, so R = 1 is exactly the sampler without repetition). A
+  batch of B clips holds B / R videos (B must divide by R); an epoch still visits every video of the rank's shard
+  once, so it has R x videos clips and R times the steps. Positions count clips; loaders read each video once for
+  its R clips.
 
 Fine-tuning adds (VideoMAE's fine-tuning recipe):
 - `temporal="segment"` (SSv2): TSN sampling, the video cut into T equal segments and one frame drawn in each, so a
@@ -74,6 +80,7 @@ class ClipSpec:
     crop: tuple[int, int, int, int]
     flip: bool
     aug_seed: int = 0  # seeds this sample's RandAugment draw (CPU fallback), so a resumed run augments alike
+    repeat: int = 0  # which of the video's R clips this is (data.repeat); 0 = the clip of a run without repetition
 
 
 @dataclass(frozen=True)
@@ -219,9 +226,16 @@ class ClipSampler:
         crop_area: Sequence[float] = (0.08, 1.0),
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         views: EvalViews | None = None,
+        repeat: int = 1,
     ) -> None:
         """temporal / crop / crop_area / crop_ratio: the training view (module docstring); views: evaluation
-        mode (fixed views, every video, no shuffle, no flip; the training-view options except `temporal` unused)."""
+        mode (fixed views, every video, no shuffle, no flip; the training-view options except `temporal` unused);
+        repeat: clips per video read (module docstring), batch_size must divide by it."""
+        if repeat < 1 or batch_size % repeat:
+            raise ValueError(f"data.repeat={repeat} must be >= 1 and divide data.batch_size={batch_size} (a batch of "
+                             "B clips holds B / repeat videos)")  # fmt: skip
+        if views is not None and repeat != 1:
+            raise ValueError(f"repeat={repeat}: evaluation views take each view once (repeat=1)")
         if temporal not in TEMPORAL_POLICIES:
             raise ValueError(f"temporal={temporal!r}: choose one of {TEMPORAL_POLICIES}")
         if crop not in CROP_POLICIES:
@@ -246,7 +260,7 @@ class ClipSampler:
         self.flip, self.short_video = flip, short_video
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_size, self.shuffle, self.shard_policy = batch_size, shuffle, shard_policy
-        self.frame_size = frame_size
+        self.frame_size, self.repeat = frame_size, repeat
         self.epoch, self.position = 0, 0
         if len(self) == 0:
             raise ValueError(
@@ -262,12 +276,13 @@ class ClipSampler:
         return len(range(self.rank, len(self.paths) // self.views.count, self.world_size)) * self.views.count
 
     def __len__(self) -> int:
-        """Samples per epoch on this rank (a multiple of batch_size)."""
+        """Samples (clips) per epoch on this rank (a multiple of batch_size): `repeat` per video visited."""
         if self.views is not None:
             return -(-self.real_samples // self.batch_size) * self.batch_size
         n = len(self.paths)
         per_rank = n // self.world_size if self.shard_policy == "drop" else -(-n // self.world_size)
-        return per_rank - per_rank % self.batch_size
+        videos_per_batch = self.batch_size // self.repeat
+        return (per_rank - per_rank % videos_per_batch) * self.repeat
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first sample (unless it is the epoch just restored by load_state_dict)."""
@@ -275,7 +290,13 @@ class ClipSampler:
             self.epoch, self.position = epoch, 0
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
-        """Video indices (len(self),) int64 this rank visits in `epoch`, in order (sample ids in evaluation)."""
+        """Video index of each sample (len(self),) int64 this rank draws in `epoch`, in order (sample ids in
+        evaluation); with repeat R each video appears R times in a row (clip r of it at position p has r = p % R)."""
+        videos = self.epoch_videos(epoch)
+        return np.repeat(videos, self.repeat) if self.repeat > 1 else videos
+
+    def epoch_videos(self, epoch: int) -> np.ndarray:
+        """Videos (len(self) // repeat,) int64 this rank reads in `epoch`, in order: one read gives `repeat` clips."""
         n = len(self.paths)
         if self.views is not None:
             per = self.views.count
@@ -286,7 +307,7 @@ class ClipSampler:
             total = -(-n // self.world_size) * self.world_size
             order = np.concatenate([order, order[: total - n]]) if total > n else order
         mine = order[self.rank : (len(order) // self.world_size) * self.world_size : self.world_size]
-        return mine[: len(self)]
+        return mine[: len(self) // self.repeat]
 
     def spec(
         self,
@@ -295,12 +316,16 @@ class ClipSampler:
         frame_size: tuple[int, int],
         attempt: int = 0,
         num_video_frames: int | None = None,
+        repeat: int = 0,
     ) -> ClipSpec:
         """The ClipSpec of `video_index` in `epoch` for a (H, W) video; `attempt` > 0 for bad-file replacements.
 
         `num_video_frames` overrides the file list's frame count (a loader that counted the file's frames).
+        `repeat`: which of the video's clips (0 .. data.repeat - 1); clip 0 draws exactly what a run without
+        repetition draws, clip r > 0 from streams of its own.
         """
-        rng = np.random.default_rng([self.seed, epoch, video_index, attempt])
+        tag = [5, repeat] if repeat else []  # no tag for clip 0: R = 1 keeps every draw it had
+        rng = np.random.default_rng([self.seed, epoch, video_index, attempt, *tag])
         length = int(self.lengths[video_index]) if num_video_frames is None else num_video_frames
         common = {"video_index": int(video_index), "path": self.paths[video_index],
                   "label": int(self.labels[video_index])}  # fmt: skip
@@ -315,13 +340,13 @@ class ClipSampler:
             idx = clip_indices(length, self.num_frames, self.stride, rng, self.short_video)
         pair_u, pos_u, flip_u = rng.random(3)
         if self.crop == "resized":
-            crop_rng = np.random.default_rng([self.seed, epoch, video_index, attempt, 3])
+            crop_rng = np.random.default_rng([self.seed, epoch, video_index, attempt, 3, *tag])
             crop = resized_crop(frame_size, self.crop_area, self.crop_ratio, crop_rng)
         else:
             crop = multiscale_crop(frame_size, self.input_size, self.crop_scales, pair_u, pos_u)
-        aug_seed = int(np.random.default_rng([self.seed, epoch, video_index, attempt, 4]).integers(2**62))
+        aug_seed = int(np.random.default_rng([self.seed, epoch, video_index, attempt, 4, *tag]).integers(2**62))
         return ClipSpec(**common, frame_indices=idx, crop=crop, flip=bool(self.flip and flip_u < 0.5),
-                        aug_seed=aug_seed)  # fmt: skip
+                        aug_seed=aug_seed, repeat=repeat)  # fmt: skip
 
     def replacement(self, epoch: int, video_index: int, attempt: int) -> int:
         """Video that stands in for a bad `video_index` on try `attempt` (1, 2, ...): a fixed seeded rule."""
@@ -333,9 +358,9 @@ class ClipSampler:
             raise RuntimeError("ClipSampler: iterating needs frame_size=callable(video_index) -> (H, W)")
         indices = self.epoch_indices(self.epoch)
         while self.position < len(indices):
-            vi = int(indices[self.position])
+            vi, r = int(indices[self.position]), self.position % self.repeat
             self.position += 1
-            yield self.spec(self.epoch, vi, self.frame_size(vi))
+            yield self.spec(self.epoch, vi, self.frame_size(vi), repeat=r)
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank stands: epoch, samples consumed in it, and what must match on resume."""
@@ -347,11 +372,12 @@ class ClipSampler:
             "world_size": self.world_size,
             "num_videos": len(self.paths),
             "batch_size": self.batch_size,
+            "repeat": self.repeat,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the saved epoch and position; a changed dataset, seed or sharding is an error."""
-        for key in ("seed", "world_size", "num_videos", "batch_size"):
+        for key in ("seed", "world_size", "num_videos", "batch_size", "repeat"):
             mine = len(self.paths) if key == "num_videos" else getattr(self, key)
             if state.get(key, mine) != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}")

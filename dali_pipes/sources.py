@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -121,9 +121,11 @@ class MaskMaker:
         """The mask generator (mgm.masking): `gen(motion_map, rng) -> (N,) bool`, True = masked."""
         return self._gen
 
-    def read_motion(self, spec: ClipSpec, num_frames: int) -> Any:
-        """MotionField covering the clip's frames (from the cache or one decode of the original file, which has
-        `num_frames` frames); None for masks that ignore motion."""
+    def read_motion(self, spec: ClipSpec | Sequence[ClipSpec], num_frames: int) -> Any:
+        """MotionField covering the frames of the clip, or of every clip given (data.repeat: the R clips of one video
+        share one read), from the cache or one decode of the original file, which has `num_frames` frames; None for
+        masks that ignore motion."""
+        specs = [spec] if isinstance(spec, ClipSpec) else list(spec)
         if not self.needs_motion:
             return None
         if self.motion_source == "cache":
@@ -131,13 +133,14 @@ class MaskMaker:
                 from mgm.motion_cache import MotionCache
 
                 self._cache = MotionCache(self.cache_dir)
-            return self._cache.get(spec.path)
+            return self._cache.get(specs[0].path)
         from mgm.motion import read_motion, span_of
 
         # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
-        start, stop = span_of(spec.frame_indices, num_frames)
+        spans = [span_of(c.frame_indices, num_frames) for c in specs]
+        start, stop = min(a for a, _ in spans), max(b for _, b in spans)
         return read_motion(
-            spec.path, cell=self.cell, threads=self.threads, start=start, stop=stop, num_frames=num_frames
+            specs[0].path, cell=self.cell, threads=self.threads, start=start, stop=stop, num_frames=num_frames
         )
 
     def make(self, spec: ClipSpec, epoch: int, motion: Any) -> np.ndarray:
@@ -147,7 +150,8 @@ class MaskMaker:
     def make_pair(self, spec: ClipSpec, epoch: int, motion: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """(mask, decoder_mask) for `spec` given its MotionField (or None): mask (N,) bool, True = masked;
         decoder_mask (N,) bool, True = reconstructed, a subset of mask, or None without decoder masking."""
-        rng = np.random.default_rng([self.seed, epoch, spec.video_index, 2])
+        tag = [5, spec.repeat] if spec.repeat else []  # clip r > 0 of a video (data.repeat): streams of its own
+        rng = np.random.default_rng([self.seed, epoch, spec.video_index, 2, *tag])
         motion_map = None
         if motion is not None:
             motion_map = motion.clip_map(spec.frame_indices, crop=spec.crop, flip=spec.flip, grid=tuple(self.grid))
@@ -155,7 +159,8 @@ class MaskMaker:
         if self._decoder is None:
             return mask, None
         # a stream of its own: the encoder's masks are the same with decoder masking on or off
-        return mask, self._decoder(mask, motion_map, np.random.default_rng([self.seed, epoch, spec.video_index, 3]))
+        dec_rng = np.random.default_rng([self.seed, epoch, spec.video_index, 3, *tag])
+        return mask, self._decoder(mask, motion_map, dec_rng)
 
 
 def with_replacement(
@@ -187,8 +192,11 @@ class DaliClipSource:
     float32 (the crop box in source pixels), mirror () int32, mask (N,) bool (True = masked), meta (4,) int64
     [video_index, label, bad files skipped, first bad video or -1], mask seconds (1,) float32, decoder mask (N,)
     bool (True = reconstructed; (0,) without decoder masking: DALI's outputs are fixed when the graph is built).
+    With repeated sampling (sampler.repeat = R > 1) a sample is one video and its R clips: the bytes once, every
+    other output stacked per clip, (R, ...): indices (R, T), ROI (R, 2), mirror (R,), masks (R, N), meta (R, 4),
+    seconds (R, 1); the file is read, opened and checked once, the motion read once over the clips' union.
     `epoch0`/`offset0` place DALI's own epoch counter: its epoch k is our epoch epoch0 + k, and its first
-    epoch starts `offset0` samples in (a resumed run).
+    epoch starts `offset0` samples (clips) in (a resumed run).
     """
 
     NUM_OUTPUTS = 9
@@ -196,49 +204,63 @@ class DaliClipSource:
     def __init__(
         self, sampler: ClipSampler, masks: MaskMaker, *, epoch0: int = 0, offset0: int = 0, twin_suffix: str | None
     ) -> None:
+        if offset0 % sampler.repeat:
+            raise ValueError(f"resume position {offset0} is not at a video's first clip (data.repeat={sampler.repeat})")
         self.sampler, self.masks = sampler, masks
         self.epoch0, self.offset0, self.twin_suffix = epoch0, offset0, twin_suffix
         self._order: tuple[int, np.ndarray] | None = None
 
-    def _indices(self, epoch: int) -> np.ndarray:
+    def _videos(self, epoch: int) -> np.ndarray:
         if self._order is None or self._order[0] != epoch:
-            self._order = (epoch, self.sampler.epoch_indices(epoch))
+            self._order = (epoch, self.sampler.epoch_videos(epoch))
         return self._order[1]
 
-    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, ClipSpec, tuple, float]:
+    def _load(self, epoch: int, video_index: int, attempt: int) -> tuple[bytes, list[ClipSpec], list[tuple], float]:
+        """(bytes, the video's R specs, their (mask, decoder mask) pairs, mask seconds per clip)."""
         path = self.sampler.paths[video_index]
         src = twin_path(path, self.twin_suffix)
         data = read_bytes(src)
         frames = int(self.sampler.lengths[video_index])  # the list's count, made by decoding every frame: trusted
         with open_checked(data, src) as container:
             cc = container.streams.video[0].codec_context
-            spec = self.sampler.spec(epoch, video_index, (cc.height, cc.width), attempt, num_video_frames=frames)
-            check_frames(container, src, int(spec.frame_indices.max()) + 1, frames)
+            specs = [self.sampler.spec(epoch, video_index, (cc.height, cc.width), attempt, num_video_frames=frames,
+                                       repeat=r) for r in range(self.sampler.repeat)]  # fmt: skip
+            check_frames(container, src, max(int(c.frame_indices.max()) for c in specs) + 1, frames)
         t0 = time.perf_counter()
         try:
-            pair = self.masks.make_pair(spec, epoch, self.masks.read_motion(spec, frames))  # (mask, decoder mask)
+            motion = self.masks.read_motion(specs, frames)  # one read for the R clips
+            pairs = [self.masks.make_pair(c, epoch, motion) for c in specs]  # (mask, decoder mask) per clip
         except Exception as e:  # MotionReadError, codec errors on the original: all name the file below
             raise BadVideoError(f"{path}: motion/mask failed ({type(e).__name__}: {e})") from None
-        return data, spec, pair, time.perf_counter() - t0
+        return data, specs, pairs, (time.perf_counter() - t0) / len(specs)
 
     def __call__(self, info: Any) -> tuple[np.ndarray, ...]:
         epoch = self.epoch0 + info.epoch_idx
-        pos = info.idx_in_epoch + (self.offset0 if info.epoch_idx == 0 else 0)
-        order = self._indices(epoch)
+        pos = info.idx_in_epoch + (self.offset0 // self.sampler.repeat if info.epoch_idx == 0 else 0)
+        order = self._videos(epoch)
         if pos >= len(order):
             raise StopIteration
-        (data, spec, (mask, dec), secs), bad, first_bad = with_replacement(
+        (data, specs, pairs, secs), bad, first_bad = with_replacement(
             self.sampler, epoch, int(order[pos]), lambda vi, a: self._load(epoch, vi, a)
         )
-        x, y, w, h = spec.crop
-        return (
-            np.frombuffer(data, dtype=np.uint8),
-            spec.frame_indices.astype(np.int32),
-            np.array([y, x], np.float32),
-            np.array([y + h, x + w], np.float32),
-            np.array(int(spec.flip), np.int32),
-            mask,
-            np.array([spec.video_index, spec.label, bad, first_bad], np.int64),
-            np.array([secs], np.float32),
-            dec if dec is not None else np.zeros(0, bool),
-        )
+        clips = [_clip_arrays(c, mask, dec, bad, first_bad, secs) for c, (mask, dec) in zip(specs, pairs, strict=True)]
+        per_clip = clips[0] if len(clips) == 1 else [np.stack(col) for col in zip(*clips, strict=True)]
+        return (np.frombuffer(data, dtype=np.uint8), *per_clip)
+
+
+def _clip_arrays(
+    spec: ClipSpec, mask: np.ndarray, dec: np.ndarray | None, bad: int, first_bad: int, secs: float
+) -> tuple[np.ndarray, ...]:
+    """One clip's outputs of DaliClipSource after the bytes: indices, ROI start, ROI end, mirror, mask, meta,
+    seconds, decoder mask."""
+    x, y, w, h = spec.crop
+    return (
+        spec.frame_indices.astype(np.int32),
+        np.array([y, x], np.float32),
+        np.array([y + h, x + w], np.float32),
+        np.array(int(spec.flip), np.int32),
+        mask,
+        np.array([spec.video_index, spec.label, bad, first_bad], np.int64),
+        np.array([secs], np.float32),
+        dec if dec is not None else np.zeros(0, bool),
+    )

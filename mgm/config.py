@@ -33,7 +33,10 @@ class DataConfig:
     crop_scales: list[float] = field(default_factory=lambda: [1.0, 0.875, 0.75, 0.66])
     flip: bool = False  # off for SSv2 pretraining: left/right carries the label there
     short_video: str = "loop"  # clips shorter than T*stride: "loop" the indices or "clamp" to the last frame
-    batch_size: int = 32  # per process
+    batch_size: int = 32  # per process, in clips
+    # Repeated sampling (VideoMAE V2's num_sample): clips per read of a video, each its own start, crop, flip and
+    # mask; a batch then holds batch_size / repeat videos and an epoch repeat x videos clips (dali_pipes.sampler)
+    repeat: int = 1
     num_workers: int = 4
     loader: str = "auto"  # "dali" | "cpu" | "auto" (DALI when importable, else the PyAV fallback)
     dali_device: str = "auto"  # "gpu" (NVDEC, H.264) | "cpu" (VP8/VP9 twins) | "auto"
@@ -209,6 +212,7 @@ _RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.input_size": (1, None),
     "data.crop_scales": (1e-3, 1.0),
     "data.batch_size": (1, None),
+    "data.repeat": (1, None),
     "data.num_workers": (0, None),
     "data.dali_threads": (0, None),
     "data.std": (1e-6, None),
@@ -349,6 +353,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     if not 0.0 < cfg.mask.ratio < 1.0:  # also rejects nan
         raise ConfigError(f"mask.ratio: {cfg.mask.ratio} must lie strictly between 0 and 1")
     _check_ranges(cfg)
+    if cfg.data.batch_size % cfg.data.repeat:
+        raise ConfigError(f"data.repeat={cfg.data.repeat} must divide data.batch_size={cfg.data.batch_size}: a batch "
+                          "of B clips holds B / repeat videos")  # fmt: skip
     g = derive(cfg)  # fail now, not mid-run, on an impossible grid
     if g.masked_per_slot in (0, g.tokens_per_slot):
         raise ConfigError(

@@ -40,6 +40,7 @@ import numpy as np
 # Probing when opening: headers only, no decoding (see `open_video`)
 _OPEN_OPTIONS = {"skip_frame": "all", "analyzeduration": "1"}
 _OPEN_ERRORS = (av.FFmpegError, OSError, UnicodeDecodeError, ValueError)  # what av.open raises on a bad file
+SEEK_LEAP = 10  # a wanted frame further ahead, past a key frame: restart there (DALI's decoder does the same)
 _REORDER = 16  # packets a frame can be decoded after its place in output order (the deepest B-frame pyramid)
 # FFmpeg's AVMotionVector (libavutil/motion_vector.h), as PyAV's to_ndarray() describes it
 MV_DTYPE = np.dtype(
@@ -329,7 +330,8 @@ def iter_frames(
     path: str, indices: Sequence[int], num_frames: int | None = None
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """(index, frame) of each distinct frame at `indices`, in output order, from one decode starting at the last
-    key frame at or before the first wanted frame; `num_frames`: the list's frame count. When the file's
+    key frame at or before the first wanted frame (restarted at a later key frame to skip a gap of more than SEEK_LEAP
+    frames that holds one: the clips of data.repeat); `num_frames`: the list's frame count. When the file's
     timestamps turn out not to follow output order, the decode starts again from the first packet and the wanted
     frames come again, renumbered (the later one of an index is right). VideoError if the file cannot be read."""
     wanted = sorted({int(i) for i in indices})
@@ -350,12 +352,28 @@ def _iter_frames(
         stream.thread_type, stream.thread_count = "SLICE", 1  # workers parallelize over clips: threads would fight
         pk = demux(container, os.fspath(path), num_frames=num_frames, count=count)
         pk.check_listed(num_frames)
-        for i, frame in pk.frames(pk.key_before(wanted[0])):
-            if i in todo:
-                todo.discard(i)
-                yield i, frame
-            if i >= last:
-                break
+        start: int | None = pk.key_before(wanted[0])
+        while start is not None:
+            frames, start = pk.frames(start), None
+            for i, frame in frames:
+                if i in todo:
+                    todo.discard(i)
+                    yield i, frame
+                if i >= last:
+                    return
+                ahead = min(todo, default=i)
+                if ahead - i > SEEK_LEAP and (key := _key_after(pk, i, ahead)) is not None:
+                    start = key  # far-apart wanted frames (several clips of one video): skip the gap
+                    break
+            frames.close()
+            stream.codec_context.flush_buffers()
+
+
+def _key_after(pk: Packets, i: int, ahead: int) -> int | None:
+    """Packet of the key frame a decode of frame `ahead` starts at, when that key frame comes after frame `i`."""
+    key = pk.key_before(ahead)
+    at = int(pk.index[key]) if pk.index is not None else pk._count_starts.get(key, 0)
+    return key if at > i else None
 
 
 def decode_frames(path: str, indices: Sequence[int], num_frames: int | None = None) -> dict[int, np.ndarray]:

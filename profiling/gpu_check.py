@@ -5,17 +5,20 @@ r"""GPU validation (issues 9, 15): NVDEC decode, loader clips/s, training-step c
 
 Steps, each in its own process with its own time limit (seconds: expected on one H100 + 16 cores / limit; the
 expectations are estimates until a device run replaces them):
-  0 setup   versions, CUDA, DALI, libnvcuvid, NVML; 128 synthetic H.264 clips + motion cache    ~20 /  45
+  0 setup   versions, CUDA, DALI, libnvcuvid, NVML; 128 synthetic H.264 clips + motion cache    ~20 /  40
   1 decode  DALI mixed (NVDEC) vs PyAV on the same frame indices after the same crop/resize/flip:
-            PSNR >= 35 dB, same plan and masks as the fallback, MGM masks cover the moving object  ~25 /  60
+            PSNR >= 35 dB, same plan and masks as the fallback, MGM masks cover the moving object  ~25 /  50
   2 loader  clips/s, 16x224x224 from 320x240 H.264 GOP 16: DALI GPU vs CPU fallback vs VideoMAE-style
-            baseline (vs torchcodec when importable), same workers; NVDEC utilization (NVML)       ~60 /  90
-  3 step    ViT-B bf16 batch 32, ratio 0.9: ours vs HF VideoMAEForPreTraining, eager then compiled  ~90 / 130
+            baseline (vs torchcodec when importable), same workers; NVDEC utilization (NVML); DALI
+            with decoder masks (mask.decoder_target_ratio 0.5) and with repeated sampling
+            (data.repeat = --repeat, 2: x_r1 = clips/s and CPU per clip vs R = 1)                    ~80 / 110
+  3 step    ViT-B bf16 batch 32, ratio 0.9: ours vs HF VideoMAEForPreTraining, ours with decoder
+            masking (0.5 and 0.25 of the tokens reconstructed), eager; then ours compiled          ~110 / 140
   4 train   60 ViT-B steps (5 warm-up) fed by the DALI loader through engine.fit + ProfileHook:
-            pretraining clips/s and the data-wait share (compiled with --compile, the default)     ~70 / 120
+            pretraining clips/s and the data-wait share (compiled with --compile, the default)     ~70 / 115
   5 pytest  `pytest -m gpu` (tests/test_gpu_loader.py, tests/test_hooks.py): every GPU test must run
-            and pass, a skip on a GPU machine is a failure                                          ~60 /  90
-  Expected ~5.5 min in all; the limits add up to 535 s, under the device's 10-minute command limit, so a
+            and pass, a skip on a GPU machine is a failure                                          ~60 /  80
+  Expected ~6 min in all; the limits add up to 535 s, under the device's 10-minute command limit, so a
   second try fits in the 15-minute device budget. A step past its limit is killed with its worker processes.
 Every row is appended to DIR/gpu_check.jsonl the moment it is measured (a killed step, or a killed run, keeps
 what it had measured); DIR/gpu_check.json (all rows, the meta, the machine) is rewritten after each step. The
@@ -76,7 +79,7 @@ GOALS: dict[str, tuple[str, float, str]] = {
     "our step >= 1.3x Hugging Face's": ("step_x_hf", 1.3, "min"),
 }
 # seconds each step may run (see the docstring): 535 in all, under the device's 600 s per command
-LIMITS = {0: 45.0, 1: 60.0, 2: 90.0, 3: 130.0, 4: 120.0, 5: 90.0}
+LIMITS = {0: 40.0, 1: 50.0, 2: 110.0, 3: 140.0, 4: 115.0, 5: 80.0}
 BAD = ("FAIL", "ERROR")
 ROWS_FILE = "gpu_check.jsonl"
 
@@ -106,6 +109,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batches", type=int, default=None, help="timed batches per loader in step 2 (GPU 8, smoke 2)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds of step 3 (GPU 6, smoke 1)")
     ap.add_argument("--model", default=None, help="model size for steps 3-4 (GPU base, smoke tiny)")
+    ap.add_argument("--repeat", type=int, default=2, help="data.repeat of step 2's repeated-sampling row (1: none)")
     ap.add_argument("--motion", default="cache", choices=["cache", "online"], help="MGM motion source, steps 2+4")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="steps 3-4 without torch.compile")
     ap.add_argument("--step-args", default="", help="extra profiling/bench_step.py arguments for step 3")

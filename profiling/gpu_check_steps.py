@@ -228,10 +228,10 @@ def step_loader(a: argparse.Namespace, work: Path) -> Rows:
     size = SMOKE_SIZE if a.cpu_smoke else 224
     dali_dev, out_dev = ("cpu", "cpu") if a.cpu_smoke else ("gpu", "cuda")
 
-    def ours(loader: str, mask: str, device: str) -> Any:
+    def ours(loader: str, mask: str, device: str, *extra: str) -> Any:
         ov = [f"data.train_list={p['bench']}", f"data.loader={loader}", f"data.dali_device={dali_dev}",
               f"data.batch_size={a.batch}", f"data.num_workers={a.workers}", f"data.input_size={size}",
-              f"mask.name={mask}", f"motion.source={a.motion}", f"motion.cache_dir={p['motion']}"]  # fmt: skip
+              f"mask.name={mask}", f"motion.source={a.motion}", f"motion.cache_dir={p['motion']}", *extra]  # fmt: skip
         return lambda: build_loader(load_config(None, ov), device=device)
 
     # The baseline and the fallback first: their DataLoaders may fork, which is only safe before DALI's threads
@@ -251,6 +251,14 @@ def step_loader(a: argparse.Namespace, work: Path) -> Rows:
     dali_tube = f"dali-{dali_dev} (tube)"
     makers[dali_tube] = ours("dali", "tube", out_dev)
     makers[f"dali-{dali_dev} (mgm, {a.motion})"] = ours("dali", "mgm", out_dev)
+    # issue 13: the workers' decoder masks (VideoMAE V2's, half the tokens reconstructed), and repeated sampling (one
+    # read and one NVDEC decode of the union per video for R clips); x_r1 compares with the R = 1 row
+    makers[f"dali-{dali_dev} (mgm, {a.motion}, decoder mask 0.5)"] = ours(
+        "dali", "mgm", out_dev, "mask.decoder_target_ratio=0.5", "mask.decoder_name=mgm"
+    )
+    dali_repeat = f"dali-{dali_dev} (tube, data.repeat={a.repeat})"
+    if a.repeat > 1:
+        makers[dali_repeat] = ours("dali", "tube", out_dev, f"data.repeat={a.repeat}")
     base, dali_row = None, None  # the baseline runs first: every later row carries its ratio to it
     for name, make in makers.items():
         gpu = _nvml() if name.startswith("dali-gpu") else None  # NVDEC busy share while this loader runs
@@ -266,6 +274,9 @@ def step_loader(a: argparse.Namespace, work: Path) -> Rows:
                 gpu.close()
         base = r["clips_per_s"] if name.startswith("videomae") else base
         x_base = r["clips_per_s"] / base if base else float("nan")
+        if name == dali_repeat and dali_row is not None:
+            util["x_r1"] = r["clips_per_s"] / dali_row["value"]
+            util["x_r1_cpu"] = dali_row["cpu_ms_per_clip"] / r["cpu_ms_per_clip"]
         got = row(2, name, r["clips_per_s"], "clips/s", "ok", x_baseline=x_base, cpu_ms_per_clip=r["cpu_ms_per_clip"],
                   startup_s=r["startup_s"], **util)  # fmt: skip
         dali_row = got if name == dali_tube else dali_row
@@ -330,9 +341,11 @@ def step_step(a: argparse.Namespace, work: Path) -> Rows:
     if dev == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available (use --cpu-smoke on a machine without a GPU)")
     size = SMOKE_SIZE if a.cpu_smoke else 224
+    # decoder masking (issue 13): ours with 0.5 and 0.25 of the tokens reconstructed, beside ours and HF; no
+    # activation-checkpointing row (a memory knob: its time is bench_step's business)
     argv = ["--size", a.model, "--batch", str(a.batch), "--frames", "16", "--input-size", str(size), "--ratio", "0.9",
             "--precision", "bf16", "--rounds", str(a.rounds), "--steps", "2", "--warmup", "1" if a.cpu_smoke else "2",
-            "--device", dev, *a.step_args.split()]  # fmt: skip
+            "--device", dev, "--decoder-targets", "0.5", "0.25", "--no-ckpt-row", *a.step_args.split()]  # fmt: skip
     for compiled in (False, True) if a.compile else (False,):
         res = bench_step.main(argv + (["--compile"] if compiled else []))
         ours = next(r for r in res["rows"] if r["model"] == ("ours_compiled" if compiled else "ours"))
@@ -343,6 +356,10 @@ def step_step(a: argparse.Namespace, work: Path) -> Rows:
                       paired_speedup=r["paired_speedup"])  # fmt: skip
         yield row(3, f"ours{' compiled' if compiled else ''} / HF (median step)", ours["speedup_vs_hf"], "x", "info",
                   metric="step_x_hf", paired=ours["paired_speedup"])  # fmt: skip
+        for r in [] if compiled else [r for r in res["rows"] if r["decoder_targets"] > 0]:
+            yield row(3, f"{r['model']} / ours (median step)", r["speedup_vs_ours"], "x", "info",
+                      paired=r["paired_vs_ours"], vs_hf=r["speedup_vs_hf"],
+                      gflop_per_step=r["gflop_per_step"])  # fmt: skip
 
 
 # ---- step 4: training fed by the DALI loader --------------------------------------------------------------------

@@ -49,6 +49,13 @@ def test_cpu_smoke_runs_every_step_and_prints_goals_last(tmp_path: Path, synth_d
     assert (1, "PSNR DALI vs PyAV, min") in items and (1, "MGM coverage of moving object, min") in items
     assert {r["item"] for r in rows if r["step"] == 2} >= {"dali-cpu (tube)", "cpu fallback (tube)",
                                                           "videomae baseline (tube)"}  # fmt: skip
+    # issue 13: decoder masks and repeated sampling in the loader rows, decoder masking in the step rows
+    by_item = {(r["step"], r["item"]): r for r in rows}
+    repeat = by_item[(2, "dali-cpu (tube, data.repeat=2)")]
+    assert repeat["status"] == "ok" and repeat["x_r1"] > 0 and repeat["x_r1_cpu"] > 0
+    assert by_item[(2, "dali-cpu (mgm, cache, decoder mask 0.5)")]["status"] == "ok"
+    for share in ("0.5", "0.25"):
+        assert by_item[(3, f"ours_dec{share} / ours (median step)")]["value"] > 0
     gpu_tests = [r for r in rows if r["step"] == 5 and "::" in r["item"]]
     assert len(gpu_tests) >= 5 and all("skipped" in r["error"] for r in gpu_tests)  # collected, and skip on a CPU
     goals = [r for r in rows if r["step"] == "goal"]
@@ -69,7 +76,7 @@ def test_failures_are_rows_and_the_rest_still_runs(tmp_path: Path, synth_dir: Pa
     assert p.returncode == 1
     rows = doc["rows"]
     loaders = [r for r in rows if r["step"] == 2 and r["unit"] == "clips/s"]
-    assert len(loaders) == 4 and all(r["status"] == "ERROR" and "num_workers" in r["error"] for r in loaders)
+    assert len(loaders) == 6 and all(r["status"] == "ERROR" and "num_workers" in r["error"] for r in loaders)
     assert [r["status"] for r in rows if r["step"] == 3 and r["item"] == "(step wall time)"] == ["ok"]
     step4 = [r for r in rows if r["step"] == 4 and r["item"] == "(step)"]
     assert step4 and step4[0]["status"] == "ERROR" and "ConfigError" in step4[0]["error"], step4
@@ -77,7 +84,7 @@ def test_failures_are_rows_and_the_rest_still_runs(tmp_path: Path, synth_dir: Pa
     # ratio, whose verdict on tiny CPU sizes depends on the machine's load (it is never judged in smoke mode)
     goals = [g["status"] for g in rows if g["step"] == "goal"]
     assert goals[:3] == ["n/a"] * 3 and goals[3] in ("(PASS, smoke)", "(MISS, smoke)"), goals
-    assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 5 failed check(s)")
+    assert p.stdout.rstrip().splitlines()[-1].startswith("gpu_check: 7 failed check(s)")
 
 
 def test_a_hung_step_is_killed_at_its_limit_and_keeps_what_it_measured(tmp_path: Path, synth_dir: Path) -> None:
