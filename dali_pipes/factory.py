@@ -246,6 +246,7 @@ def build_loader(
         world_size=world_size,
         batch_size=d.batch_size,
         repeat=1 if task == "eval" else d.repeat,  # fixed views are each taken once
+        repeat_frames=d.repeat_frames,
         **_view_kwargs(ft, task, views),
     )
     dev = torch.device(device)

@@ -26,7 +26,8 @@ Policies (stated once, here):
   0..R-1; clip 0 is the clip the video gives with R = 1, so R = 1 is exactly the sampler without repetition). A
   batch of B clips holds B / R videos (B must divide by R); an epoch still visits every video of the rank's shard
   once, so it has R x videos clips and R times the steps. Positions count clips; loaders read each video once for
-  its R clips.
+  its R clips. `repeat_frames="shared"` (VideoMAE V2's num_sample) gives the R clips clip 0's frames, each under its
+  own crop, flip and mask: one clip's decode serves R clips.
 
 Fine-tuning adds (VideoMAE's fine-tuning recipe):
 - `temporal="segment"` (SSv2): TSN sampling, the video cut into T equal segments and one frame drawn in each, so a
@@ -52,6 +53,7 @@ import numpy as np
 
 SHORT_VIDEO_POLICIES = ("loop", "clamp")
 SHARD_POLICIES = ("drop", "pad")
+REPEAT_FRAMES = ("own", "shared")  # data.repeat_frames
 TEMPORAL_POLICIES = ("stride", "segment")
 CROP_POLICIES = ("multiscale", "resized")
 # 13 box positions of VideoMAE's GroupMultiScaleCrop (more_fix_crop), in units of (w_step, h_step).
@@ -227,10 +229,14 @@ class ClipSampler:
         crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
         views: EvalViews | None = None,
         repeat: int = 1,
+        repeat_frames: str = "own",
     ) -> None:
         """temporal / crop / crop_area / crop_ratio: the training view (module docstring); views: evaluation
         mode (fixed views, every video, no shuffle, no flip; the training-view options except `temporal` unused);
-        repeat: clips per video read (module docstring), batch_size must divide by it."""
+        repeat: clips per video read (module docstring), batch_size must divide by it; repeat_frames: "own" (each
+        clip its own start) or "shared" (the video's R clips take clip 0's frames)."""
+        if repeat_frames not in REPEAT_FRAMES:
+            raise ValueError(f"repeat_frames={repeat_frames!r}: choose one of {REPEAT_FRAMES}")
         if repeat < 1 or batch_size % repeat:
             raise ValueError(f"data.repeat={repeat} must be >= 1 and divide data.batch_size={batch_size} (a batch of "
                              "B clips holds B / repeat videos)")  # fmt: skip
@@ -260,7 +266,7 @@ class ClipSampler:
         self.flip, self.short_video = flip, short_video
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.batch_size, self.shuffle, self.shard_policy = batch_size, shuffle, shard_policy
-        self.frame_size, self.repeat = frame_size, repeat
+        self.frame_size, self.repeat, self.repeat_frames = frame_size, repeat, repeat_frames
         self.epoch, self.position = 0, 0
         if len(self) == 0:
             raise ValueError(
@@ -326,6 +332,9 @@ class ClipSampler:
         """
         tag = [5, repeat] if repeat else []  # no tag for clip 0: R = 1 keeps every draw it had
         rng = np.random.default_rng([self.seed, epoch, video_index, attempt, *tag])
+        time_rng = rng  # "shared": clips r > 0 take clip 0's frames, drawn from clip 0's stream as clip 0 draws them
+        if repeat and self.repeat_frames == "shared":
+            time_rng = np.random.default_rng([self.seed, epoch, video_index, attempt])
         length = int(self.lengths[video_index]) if num_video_frames is None else num_video_frames
         common = {"video_index": int(video_index), "path": self.paths[video_index],
                   "label": int(self.labels[video_index])}  # fmt: skip
@@ -335,9 +344,9 @@ class ClipSampler:
                                self.short_video)  # fmt: skip
             return ClipSpec(**common, frame_indices=idx, crop=view_crop(frame_size, j, self.views.crops), flip=False)
         if self.temporal == "segment":
-            idx = segment_indices(length, self.num_frames, rng.random(self.num_frames))
+            idx = segment_indices(length, self.num_frames, time_rng.random(self.num_frames))
         else:
-            idx = clip_indices(length, self.num_frames, self.stride, rng, self.short_video)
+            idx = clip_indices(length, self.num_frames, self.stride, time_rng, self.short_video)
         pair_u, pos_u, flip_u = rng.random(3)
         if self.crop == "resized":
             crop_rng = np.random.default_rng([self.seed, epoch, video_index, attempt, 3, *tag])
@@ -373,11 +382,12 @@ class ClipSampler:
             "num_videos": len(self.paths),
             "batch_size": self.batch_size,
             "repeat": self.repeat,
+            "repeat_frames": self.repeat_frames,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the saved epoch and position; a changed dataset, seed or sharding is an error."""
-        for key in ("seed", "world_size", "num_videos", "batch_size", "repeat"):
+        for key in ("seed", "world_size", "num_videos", "batch_size", "repeat", "repeat_frames"):
             mine = len(self.paths) if key == "num_videos" else getattr(self, key)
             if state.get(key, mine) != mine:
                 raise ValueError(f"sampler state was saved with {key}={state[key]}, this run has {mine}")

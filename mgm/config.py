@@ -37,6 +37,9 @@ class DataConfig:
     # Repeated sampling (VideoMAE V2's num_sample): clips per read of a video, each its own start, crop, flip and
     # mask; a batch then holds batch_size / repeat videos and an epoch repeat x videos clips (dali_pipes.sampler)
     repeat: int = 1
+    # Frames of the R clips: "own" (each draws its own start, as MAE-ST) | "shared" (the R clips are the same frames
+    # under their own crop, flip and mask, as VideoMAE V2's num_sample: the video is decoded once for one clip)
+    repeat_frames: str = "own"
     num_workers: int = 4
     loader: str = "auto"  # "dali" | "cpu" | "auto" (DALI when importable, else the PyAV fallback)
     dali_device: str = "auto"  # "gpu" (NVDEC, H.264) | "cpu" (VP8/VP9 twins) | "auto"
@@ -196,6 +199,7 @@ _CHOICES = {
     "motion.source": ("cache", "online"),
     "mask.name": ("tube", "random", "mgm"),
     "mask.decoder_name": ("running_cell", "random", "mgm"),
+    "data.repeat_frames": ("own", "shared"),
     "model.size": ("tiny", "small", "base", "large", "huge", "giant"),
     "train.precision": ("bf16", "fp32", "auto"),
     "train.device": ("cuda", "cpu", "auto"),

@@ -76,6 +76,22 @@ def test_the_r_clips_of_a_video_are_drawn_apart_and_reproducibly() -> None:
     assert len({c.aug_seed for c in specs}) == len(specs)  # own augmentation seed
 
 
+def test_shared_frames_give_every_clip_clip_0s_frames_under_its_own_crop_flip_and_seed() -> None:
+    own, shared = sampler(4, n=12), sampler(4, n=12, repeat_frames="shared")
+    for vi in range(12):
+        clips = [shared.spec(0, vi, SIZE, repeat=r) for r in range(4)]
+        assert key(clips[0]) == key(own.spec(0, vi, SIZE, repeat=0))  # clip 0 is the R = 1 clip in both modes
+        assert all(c.frame_indices.tolist() == clips[0].frame_indices.tolist() for c in clips)
+        assert len({c.crop for c in clips}) > 1 and len({c.aug_seed for c in clips}) == 4
+    with pytest.raises(ValueError, match="repeat_frames='both'"):
+        sampler(2, repeat_frames="both")
+    with pytest.raises(ConfigError, match="data.repeat_frames"):
+        load_config(None, ["data.repeat_frames=both"])
+    state = shared.state_dict()
+    with pytest.raises(ValueError, match="repeat_frames=shared"):
+        own.load_state_dict(state)  # a resumed run may not silently change which frames its clips take
+
+
 def test_ranks_share_out_videos_disjointly_with_equal_lengths() -> None:
     shards = [sampler(2, n=11, rank=r, world_size=3) for r in range(3)]
     videos = [set(s.epoch_videos(2).tolist()) for s in shards]
@@ -164,6 +180,23 @@ def test_fallback_decodes_each_video_once_and_slices_every_clip(synth_list: Path
             want = crop_resize(clip, spec, 64, lo.mean, lo.std)  # the clip decoded alone, as R = 1 would
             assert torch.equal(b["video"][j], want)
         assert not torch.equal(b["video"][0], b["video"][1]) and not torch.equal(b["mask"][0], b["mask"][1])
+
+
+def test_fallback_with_shared_frames_decodes_one_clips_frames_per_video(synth_list: Path, monkeypatch) -> None:
+    import dali_pipes.cpu_loader as cl
+
+    asked: list[list[int]] = []
+    real = cl.iter_frames
+    monkeypatch.setattr(
+        cl, "iter_frames", lambda path, idx, *a, **k: asked.append(sorted(idx)) or real(path, idx, *a, **k)
+    )
+    lo = build_loader(cfg(synth_list, 2, "data.repeat_frames=shared"))
+    batches = run_epoch(lo, 1)
+    assert len(asked) == 4 and all(len(a) == len(set(a)) <= 8 for a in asked)  # one clip's frames per video
+    for b in batches:
+        for j in (0, 2):  # the two clips of a video: same frames, other crop / flip / mask
+            assert b["frame_indices"][j].tolist() == b["frame_indices"][j + 1].tolist()
+            assert not torch.equal(b["video"][j], b["video"][j + 1])
 
 
 def test_fallback_clip_0s_are_the_r1_batches_and_resume_is_exact(synth_list: Path) -> None:
