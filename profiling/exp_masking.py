@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--train-clips", type=int, default=384)
     ap.add_argument("--held-out-clips", type=int, default=192)
-    ap.add_argument("--pretrain-epochs", type=int, default=8, help="epochs of 24 steps (384 clips, batch 16)")
+    ap.add_argument("--pretrain-epochs", type=int, default=24, help="epochs of 24 steps (384 clips, batch 16)")
     ap.add_argument("--finetune-epochs", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 1 epoch each, 32 + 16 clips")
     a = ap.parse_args(argv)
