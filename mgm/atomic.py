@@ -18,8 +18,8 @@ def atomic_write(
     sync_dir: bool = False,
     **kw: Any,
 ) -> Iterator[IO]:
-    """Open a temporary file beside `path` (default `NAME.tmp`; parent folders created) for writing; on a clean
-    exit flush and fsync it, then rename it over `path`.
+    """Open a temporary file beside `path` (default `NAME.<pid>.tmp`: two processes writing the same file never
+    share one; parent folders created) for writing; on a clean exit flush and fsync it, then rename it over `path`.
 
     An exception inside the block removes the temporary file and re-raises (a full disk leaves no partial file);
     a killed process leaves at most the temporary file. `sync_dir` also fsyncs the folder, so the rename itself
@@ -27,7 +27,7 @@ def atomic_write(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tmp) if tmp is not None else path.with_name(path.name + ".tmp")
+    tmp = Path(tmp) if tmp is not None else path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, mode, **kw) as f:
             yield f

@@ -23,3 +23,19 @@ def test_atomic_write_custom_temporary_name(tmp_path: Path) -> None:
         assert Path(f.name) == tmp and not dst.exists()  # written beside, renamed only at the end
         f.write(b"x")
     assert dst.read_bytes() == b"x" and not tmp.exists()
+
+
+def test_two_writers_of_one_file_each_write_whole_and_the_last_rename_wins(tmp_path: Path, monkeypatch) -> None:
+    # Two processes (pids 1 and 2) writing the same list at once: each writes its own temporary file, so neither
+    # truncates the other's and both renames succeed; the file ends whole, as the last writer wrote it.
+    import os
+
+    dst = tmp_path / "train.csv"
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    with atomic_write(dst, "w") as a:
+        a.write("first writer\n" * 100)
+        monkeypatch.setattr(os, "getpid", lambda: 2)
+        with atomic_write(dst, "w") as b:
+            b.write("second writer\n")
+        assert dst.read_text() == "second writer\n"
+    assert dst.read_text() == "first writer\n" * 100 and not list(tmp_path.glob("*.tmp"))
