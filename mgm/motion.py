@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mgm.motion_field import _fill_gaps, field_energy
-from mgm.video import FrameOrderError, Packets, VideoError, demux, motion_vectors, open_video, to_rgb
+from mgm.vectors import motion_vectors
+from mgm.video import FrameOrderError, Packets, VideoError, demux, open_video, to_rgb
 
 # Settings that change pixels but not the parsed vectors (the bitstream syntax does not depend on pixels);
 # tests/test_motion.py checks that the vectors are identical with and without them. Frame threading is not

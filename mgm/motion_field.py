@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from mgm.video import MV_DTYPE, VectorRecords
+from mgm.vectors import MV_DTYPE, VectorRecords
 
 _UNIT = 4  # rasterization step: the smallest H.264 block side
 _CHUNK = 32768  # vectors processed together (see field_energy)
@@ -287,7 +287,7 @@ def field_energy(
 ) -> np.ndarray:
     """float32 (n, rows, cols) motion energy of frames start .. start + n - 1 from their vector records.
 
-    records: raw AVMotionVector bytes of each frame with vectors (`mgm.video.motion_vectors`), rec_frame: the
+    records: raw AVMotionVector bytes of each frame with vectors (`mgm.vectors.motion_vectors`), rec_frame: the
     absolute frame of each (distinct frames). distances: (past, fut), (n,) int64 frames from each frame to the
     previous / next anchor (I or P frame), 1 where there is none. has_b: the stream has B-frames (bi-predicted
     blocks come twice). camera: subtract each frame's dominant (area-weighted median) motion, so a camera pan does

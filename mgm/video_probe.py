@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import av
 
-from mgm.video import VideoError, has_vectors, open_video, source_name
+from mgm.vectors import has_vectors
+from mgm.video import VideoError, open_video, source_name
 
 
 def head_bytes(source: str | os.PathLike | bytes, n: int = 256) -> bytes:

@@ -252,7 +252,7 @@ def test_bad_files_raise_one_error_naming_file_and_frames(odd_clips: dict[str, P
 @pytest.mark.parametrize("cell", [4, 6, 8, 12, 16])
 def test_rasterize_matches_a_per_pixel_reference(cell: int) -> None:
     from mgm.motion_field import _rasterize
-    from mgm.video import MV_DTYPE
+    from mgm.vectors import MV_DTYPE
 
     rng = np.random.default_rng(cell)
     h, w, n = 60, 84, 80  # not multiples of the cell: partial border cells

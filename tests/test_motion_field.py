@@ -15,7 +15,7 @@ import pytest
 
 from mgm import motion_field
 from mgm.motion_field import _camera_motion, _sorted_median, field_energy
-from mgm.video import MV_DTYPE, VectorRecords
+from mgm.vectors import MV_DTYPE, VectorRecords
 
 
 def reference_energy(records, rec_frame, start, n, distances, has_b, camera, cell, size) -> np.ndarray:

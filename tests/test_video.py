@@ -11,16 +11,8 @@ from media_util import write_tone
 
 from mgm.prep.quirks import patch_avi_frames
 from mgm.prep.synth import EncodeSpec, encode, render_clip
-from mgm.video import (
-    MV_DTYPE,
-    VideoError,
-    decode_frames,
-    demux,
-    frame_numbers,
-    frames_present,
-    motion_vectors,
-    open_video,
-)
+from mgm.vectors import MV_DTYPE, motion_vectors
+from mgm.video import VideoError, decode_frames, demux, frame_numbers, frames_present, open_video
 from mgm.video_probe import declared_end, probe
 
 FRAMES, GOP = 30, 12
