@@ -139,7 +139,7 @@ class ClipDataset(Dataset):
                                                                   list[tuple], float]:  # fmt: skip
         """Video `vi`'s clips (data.repeat of them) from one decode of the union of their frames: per clip its
         {frame: (3, S, S) uint8}, spec and (mask, decoder mask); mask seconds per clip."""
-        from mgm.motion import read_span, span_of
+        from mgm.motion import clips_span, read_span
 
         s, masks, repeat = self.sampler, self.masks, self.sampler.repeat
         path, listed = s.paths[vi], int(s.lengths[vi])
@@ -162,8 +162,7 @@ class ClipDataset(Dataset):
         online = masks.needs_motion and masks.motion_source == "online"
         try:
             if online:  # one decode for the pixels and the motion vectors of the span (of every clip)
-                spans = [span_of(i, listed) for i in idx]
-                start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+                start, stop = clips_span(idx, listed)
                 start, stop = min(start, int(union[0])), max(stop, int(union[-1]) + 1)
                 field, _ = read_span(path, start, stop, cell=masks.cell, threads=masks.threads,
                                      keep=union.tolist(), on_frame=add, num_frames=listed)  # fmt: skip

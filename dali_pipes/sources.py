@@ -134,11 +134,10 @@ class MaskMaker:
 
                 self._cache = MotionCache(self.cache_dir)
             return self._cache.get(specs[0].path)
-        from mgm.motion import read_motion, span_of
+        from mgm.motion import clips_span, read_motion
 
         # the span reaches past the last sampled frame: a tubelet slot collects motion of skipped frames too
-        spans = [span_of(c.frame_indices, num_frames) for c in specs]
-        start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+        start, stop = clips_span([c.frame_indices for c in specs], num_frames)
         return read_motion(
             specs[0].path, cell=self.cell, threads=self.threads, start=start, stop=stop, num_frames=num_frames
         )

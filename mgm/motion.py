@@ -128,6 +128,12 @@ def span_of(frame_indices: Sequence[int], num_frames: int) -> tuple[int, int]:
     return max(lo, 0), min(hi, num_frames)
 
 
+def clips_span(clips: Sequence[Sequence[int]], num_frames: int) -> tuple[int, int]:
+    """[start, stop) covering `span_of` of every clip (the R clips of one video read at once: data.repeat)."""
+    spans = [span_of(idx, num_frames) for idx in clips]
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
 def read_span(
     path: str,
     start: int,
